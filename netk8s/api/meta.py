@@ -1,0 +1,175 @@
+"""Object metadata helpers shared by the API server, controllers and agents.
+
+Objects are plain Kubernetes-shaped dicts; these functions read and build the
+common parts (names, labels, owner references, timestamps, conditions) so that
+no component hand-rolls them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+import uuid
+from typing import Any
+
+# Kubernetes' alphabet for generated name suffixes: no vowels, no confusables.
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def now() -> str:
+    """RFC 3339 timestamp with second precision, as metav1.Time marshals."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> _dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def new_uid() -> str:
+    return str(uuid.uuid4())
+
+
+def random_suffix(length: int = 5) -> str:
+    return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(length))
+
+
+def name_of(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("name", "")
+
+
+def namespace_of(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("namespace", "")
+
+
+def uid_of(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("uid", "")
+
+
+def labels_of(obj: dict) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def key_of(obj: dict) -> str:
+    """``namespace/name`` (or ``name`` for cluster-scoped objects), as informers key them."""
+    ns = namespace_of(obj)
+    return f"{ns}/{name_of(obj)}" if ns else name_of(obj)
+
+
+def resource_version_of(obj: dict) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def owner_reference(owner: dict, controller: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": owner.get("apiVersion", ""),
+        "kind": owner.get("kind", ""),
+        "name": name_of(owner),
+        "uid": uid_of(owner),
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def controller_of(obj: dict) -> dict | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+def is_controlled_by(obj: dict, owner: dict) -> bool:
+    ref = controller_of(obj)
+    return ref is not None and ref.get("uid") == uid_of(owner)
+
+
+def get_condition(obj: dict, cond_type: str) -> dict | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == cond_type:
+            return cond
+    return None
+
+
+def condition_true(obj: dict, cond_type: str) -> bool:
+    cond = get_condition(obj, cond_type)
+    return cond is not None and cond.get("status") == "True"
+
+
+def set_condition(conditions: list[dict], cond_type: str, status: str, reason: str = "",
+                  message: str = "", heartbeat: bool = False) -> list[dict]:
+    """Return ``conditions`` with ``cond_type`` set; the transition time moves only on change."""
+    stamp = now()
+    out = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != cond_type:
+            out.append(cond)
+            continue
+        found = True
+        new = dict(cond, status=status)
+        if reason:
+            new["reason"] = reason
+        if message:
+            new["message"] = message
+        if cond.get("status") != status:
+            new["lastTransitionTime"] = stamp
+        if heartbeat:
+            new["lastHeartbeatTime"] = stamp
+        out.append(new)
+    if not found:
+        new = {"type": cond_type, "status": status, "lastTransitionTime": stamp}
+        if heartbeat:
+            new["lastHeartbeatTime"] = stamp
+        if reason:
+            new["reason"] = reason
+        if message:
+            new["message"] = message
+        out.append(new)
+    return out
+
+
+def pod_is_ready(pod: dict) -> bool:
+    return condition_true(pod, "Ready")
+
+
+def node_is_ready(node: dict) -> bool:
+    return condition_true(node, "Ready")
+
+
+def node_internal_ip(node: dict) -> str:
+    for addr in (node.get("status") or {}).get("addresses") or []:
+        if addr.get("type") == "InternalIP":
+            return addr.get("address", "")
+    return ""
+
+
+def age(timestamp: str | None, at: _dt.datetime | None = None) -> str:
+    """kubectl's compact age: 45s, 3m12s, 5h, 2d3h."""
+    start = parse_time(timestamp)
+    if start is None:
+        return "<unknown>"
+    seconds = int(((at or _dt.datetime.now(_dt.timezone.utc)) - start).total_seconds())
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    days = hours // 24
+    if days < 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    return f"{days}d"

@@ -1,0 +1,364 @@
+"""HTTP front of the API server (aiohttp): Kubernetes paths, verbs and watch streams.
+
+Routes ``/api/v1/...`` and ``/apis/<group>/<version>/...`` onto the
+``Registry``; serves discovery (``/api``, ``/apis``, ``/version``) and health
+endpoints; streams watches as newline-delimited JSON events over chunked
+HTTP, like kube-apiserver. Every failure leaves as a ``Status`` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from netk8s.api.resources import ResourceType, all_groups, by_plural, resources_in
+from netk8s.api.selectors import FieldRequirement, FieldSelector, parse_field_selector, parse_label_selector
+from netk8s.apiserver import status as st
+from netk8s.apiserver.registry import ListOptions, Registry
+from netk8s.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-netk8s", "gitCommit": "netk8s",
+                "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "python",
+                "compiler": "cpython", "platform": "linux/amd64"}
+
+# A watcher that falls this far behind is cut off; its client re-lists.
+_MAX_WATCH_BACKLOG = 20_000
+_DEFAULT_WATCH_TIMEOUT = 1800.0
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _json_response(obj: Any, code: int = 200) -> web.Response:
+    return web.Response(text=_dumps(obj), status=code, content_type="application/json")
+
+
+def _status_response(err: st.StatusError) -> web.Response:
+    return _json_response(err.to_status(), err.code)
+
+
+@dataclass(frozen=True)
+class Target:
+    resource: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def parse_target(group: str, version: str, tail: str) -> Target:
+    """Resolve the part of a path after ``/api/v1/`` or ``/apis/<g>/<v>/``."""
+    parts = [p for p in tail.split("/") if p]
+    if parts and parts[0] == "watch":  # legacy /watch/ prefix
+        parts = parts[1:]
+    namespace = None
+    if len(parts) >= 3 and parts[0] == "namespaces":
+        candidate = by_plural(group, parts[2])
+        if candidate is not None and candidate.namespaced and candidate.version == version:
+            namespace = parts[1]
+            parts = parts[2:]
+    if not parts:
+        raise st.path_not_found(tail)
+    resource = by_plural(group, parts[0])
+    if resource is None or resource.version != version:
+        raise st.path_not_found(tail)
+    name = parts[1] if len(parts) > 1 else None
+    sub = parts[2] if len(parts) > 2 else None
+    if len(parts) > 3 or (sub is not None and sub not in resource.subresources):
+        raise st.path_not_found(tail)
+    return Target(resource, namespace, name, sub)
+
+
+class ApiServer:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_get("/version", self._version)
+        for path in ("/healthz", "/livez", "/readyz"):
+            self.app.router.add_get(path, self._health)
+        self.app.router.add_get("/api", self._api_versions)
+        self.app.router.add_get("/apis", self._api_groups)
+        self.app.router.add_get("/api/v1", self._core_resources)
+        self.app.router.add_get("/apis/{group}/{version}", self._group_resources)
+        self.app.router.add_route("*", "/api/v1/{tail:.*}", self._core)
+        self.app.router.add_route("*", "/apis/{group}/{version}/{tail:.*}", self._grouped)
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._watch_tasks: set[asyncio.Task] = set()
+        self._closing = False
+
+    # -- discovery -----------------------------------------------------------------------
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return _json_response(KUBE_VERSION)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _api_versions(self, request: web.Request) -> web.Response:
+        return _json_response({"kind": "APIVersions", "versions": ["v1"],
+                               "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
+                                                               "serverAddress": request.host}]})
+
+    async def _api_groups(self, request: web.Request) -> web.Response:
+        groups = []
+        for group, versions in all_groups().items():
+            if not group:
+                continue
+            gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+            groups.append({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
+        return _json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+
+    @staticmethod
+    def _resource_list(group: str, version: str) -> dict:
+        resources = []
+        for r in resources_in(group, version):
+            entry: dict[str, Any] = {"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+                                     "kind": r.kind, "verbs": list(r.verbs)}
+            if r.short_names:
+                entry["shortNames"] = list(r.short_names)
+            if r.categories:
+                entry["categories"] = list(r.categories)
+            resources.append(entry)
+            for sub in r.subresources:
+                sub_verbs = ["create"] if sub == "binding" else ["get", "patch", "update"]
+                resources.append({"name": f"{r.plural}/{sub}", "singularName": "", "namespaced": r.namespaced,
+                                  "kind": "Binding" if sub == "binding" else r.kind, "verbs": sub_verbs})
+        gv = f"{group}/{version}" if group else version
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+    async def _core_resources(self, request: web.Request) -> web.Response:
+        return _json_response(self._resource_list("", "v1"))
+
+    async def _group_resources(self, request: web.Request) -> web.Response:
+        group, version = request.match_info["group"], request.match_info["version"]
+        if version not in all_groups().get(group, []):
+            return _status_response(st.path_not_found(request.path))
+        return _json_response(self._resource_list(group, version))
+
+    # -- resources -------------------------------------------------------------------------
+
+    async def _core(self, request: web.Request) -> web.StreamResponse:
+        return await self._dispatch(request, "", "v1", request.match_info["tail"])
+
+    async def _grouped(self, request: web.Request) -> web.StreamResponse:
+        return await self._dispatch(request, request.match_info["group"], request.match_info["version"],
+                                    request.match_info["tail"])
+
+    async def _dispatch(self, request: web.Request, group: str, version: str, tail: str) -> web.StreamResponse:
+        try:
+            target = parse_target(group, version, tail)
+            return await self._handle(request, target, tail)
+        except st.StatusError as err:
+            return _status_response(err)
+        except ValidationError as err:
+            return _status_response(st.bad_request(str(err)))
+        except Exception as exc:  # never a bare 500 without a Status body
+            log.exception("API request %s %s failed", request.method, request.path)
+            return _status_response(st.internal(str(exc)))
+
+    @staticmethod
+    def _list_options(request: web.Request) -> ListOptions:
+        q = request.query
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            raise st.bad_request(f"invalid limit: {q.get('limit')!r}") from None
+        return ListOptions(parse_label_selector(q.get("labelSelector")),
+                           parse_field_selector(q.get("fieldSelector")), limit, q.get("continue", ""))
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+        try:  # kubectl and curl users sometimes send YAML
+            import yaml
+            return yaml.safe_load(raw)
+        except Exception:
+            raise st.bad_request("the request body is not valid JSON or YAML") from None
+
+    async def _handle(self, request: web.Request, target: Target, tail: str) -> web.StreamResponse:
+        reg = self.registry
+        res, ns, name, sub = target.resource, target.namespace, target.name, target.subresource
+        method = request.method
+        q = request.query
+        dry_run = q.get("dryRun") == "All"
+        is_watch = q.get("watch") in ("1", "true", "True") or tail.lstrip("/").startswith("watch/")
+        if res.namespaced is False:
+            ns = None
+        if method == "GET":
+            if name is None or is_watch:
+                options = self._list_options(request)
+                if name is not None:
+                    options = ListOptions(options.label_selector, FieldSelector(
+                        options.field_selector.requirements + (FieldRequirement("metadata.name", name),)))
+                if is_watch:
+                    return await self._watch(request, res, ns, options)
+                return _json_response(reg.list(res, ns, options))
+            if sub not in (None, "status"):
+                raise st.method_not_allowed()
+            return _json_response(reg.get(res, ns, name))
+        if method == "POST":
+            body = await self._body(request)
+            if name is None:
+                return _json_response(reg.create(res, ns, body, dry_run), 201)
+            if sub == "binding" and res.plural == "pods":
+                return _json_response(reg.bind(ns or "default", name, body), 201)
+            raise st.method_not_allowed()
+        if method == "PUT":
+            if name is None:
+                raise st.method_not_allowed()
+            return _json_response(reg.update(res, ns, name, await self._body(request), sub, dry_run))
+        if method == "PATCH":
+            if name is None:
+                raise st.method_not_allowed()
+            return _json_response(reg.patch(res, ns, name, request.content_type, await self._body(request),
+                                             sub, dry_run))
+        if method == "DELETE":
+            if name is None:
+                return await self._delete_collection(request, res, ns, dry_run)
+            body = await self._body(request) or {}
+            propagation = q.get("propagationPolicy") or body.get("propagationPolicy") or "Background"
+            if propagation not in ("Background", "Foreground", "Orphan"):
+                raise st.bad_request(f'unsupported propagationPolicy "{propagation}"')
+            return _json_response(reg.delete(res, ns, name, propagation, body.get("preconditions"), dry_run))
+        raise st.method_not_allowed()
+
+    async def _delete_collection(self, request: web.Request, res: ResourceType, ns: str | None,
+                                 dry_run: bool) -> web.Response:
+        if "deletecollection" not in res.verbs:
+            raise st.method_not_allowed()
+        listed = self.registry.list(res, ns, self._list_options(request))
+        deleted = []
+        for obj in listed["items"]:
+            md = obj["metadata"]
+            try:
+                deleted.append(self.registry.delete(res, md.get("namespace"), md["name"], dry_run=dry_run))
+            except st.StatusError as err:
+                if err.code != 404:
+                    raise
+        listed["items"] = deleted
+        return _json_response(listed)
+
+    async def _watch(self, request: web.Request, res: ResourceType, ns: str | None,
+                     options: ListOptions) -> web.StreamResponse:
+        q = request.query
+        try:
+            since = int(q.get("resourceVersion") or 0)
+            timeout = float(q.get("timeoutSeconds") or _DEFAULT_WATCH_TIMEOUT)
+        except ValueError:
+            raise st.bad_request("resourceVersion and timeoutSeconds must be numbers") from None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, dict] | None] = asyncio.Queue()
+
+        def send(event_type: str, obj: dict) -> None:
+            # Store callbacks run on whichever thread wrote; hop onto our loop.
+            loop.call_soon_threadsafe(queue.put_nowait, (event_type, obj))
+
+        cancel = self.registry.watch(res, ns, since, options, send)  # may raise 410 before we start
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        task = asyncio.current_task()
+        if task is not None:
+            self._watch_tasks.add(task)
+        try:
+            await response.prepare(request)
+            deadline = loop.time() + timeout
+            while not self._closing:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if queue.qsize() > _MAX_WATCH_BACKLOG:
+                    log.warning("watch on %s fell %d events behind; closing it", res.plural, queue.qsize())
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    break
+                if item is None:
+                    break
+                chunks = [_dumps({"type": item[0], "object": item[1]})]
+                while not queue.empty() and len(chunks) < 256:
+                    nxt = queue.get_nowait()
+                    if nxt is None:
+                        break
+                    chunks.append(_dumps({"type": nxt[0], "object": nxt[1]}))
+                await response.write(("\n".join(chunks) + "\n").encode())
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            cancel()
+            if task is not None:
+                self._watch_tasks.discard(task)
+        return response
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start_in_thread(self, sock: socket.socket) -> None:
+        """Serve on an already-bound listening socket from a background thread."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                             shutdown_timeout=1.0)
+                loop.run_until_complete(self._runner.setup())
+                site = web.SockSite(self._runner, sock)
+                loop.run_until_complete(site.start())
+            except BaseException as exc:  # report start-up failures to the caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="apiserver", daemon=True)
+        self._thread.start()
+        ready.wait(timeout=30)
+        if failure:
+            raise failure[0]
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        self._closing = True
+
+        def shutdown() -> None:
+            for task in list(self._watch_tasks):
+                task.cancel()
+            loop.stop()
+
+        loop.call_soon_threadsafe(shutdown)
+        self._thread.join(timeout=10)
+
+
+def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A bound, listening TCP socket; port 0 picks a free one race-free."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    return sock

@@ -1,0 +1,140 @@
+"""Pure allocators: Service ClusterIPs, NodePorts and node pod CIDRs.
+
+The API server allocates ClusterIPs and NodePorts while it admits a Service
+(as kube-apiserver's service registry does) and the node IPAM controller hands
+each node a pod CIDR. Each allocator is rebuilt from the objects in the store
+on start (``occupy``) and raises ``AllocationError`` with Kubernetes' wording.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Iterable
+
+
+class AllocationError(Exception):
+    """``reason`` is "Invalid" (bad request) or "Full" (range exhausted)."""
+
+    def __init__(self, message: str, reason: str = "Invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class IPAllocator:
+    """Addresses of one subnet, minus the network and broadcast addresses and
+    any reserved ones (the first host address is the ``kubernetes`` Service's)."""
+
+    def __init__(self, network: ipaddress.IPv4Network, reserved: Iterable[ipaddress.IPv4Address] = (),
+                 rng: random.Random | None = None) -> None:
+        self.network = network
+        self._first = int(network.network_address) + 1
+        self._last = int(network.broadcast_address) - 1
+        self._used: set[int] = {int(ip) for ip in reserved}
+        self._rng = rng or random.Random()
+
+    @property
+    def size(self) -> int:
+        return max(self._last - self._first + 1, 0)
+
+    @property
+    def free(self) -> int:
+        return self.size - len([i for i in self._used if self._first <= i <= self._last])
+
+    def contains(self, ip: ipaddress.IPv4Address) -> bool:
+        return self._first <= int(ip) <= self._last
+
+    def occupy(self, ip: ipaddress.IPv4Address) -> None:
+        """Mark an address allocated without checks (rebuilding from the store)."""
+        self._used.add(int(ip))
+
+    def is_allocated(self, ip: ipaddress.IPv4Address) -> bool:
+        return int(ip) in self._used
+
+    def allocate(self, ip: ipaddress.IPv4Address | None = None) -> ipaddress.IPv4Address:
+        if ip is not None:
+            if not self.contains(ip):
+                raise AllocationError(
+                    f"provided IP is not in the valid range. The range of valid IPs is {self.network}")
+            if int(ip) in self._used:
+                raise AllocationError("provided IP is already allocated")
+            self._used.add(int(ip))
+            return ip
+        if self.free <= 0:
+            raise AllocationError("range is full", reason="Full")
+        # Random probing like kube-apiserver's bitmap allocator, then a scan.
+        for _ in range(64):
+            candidate = self._rng.randint(self._first, self._last)
+            if candidate not in self._used:
+                self._used.add(candidate)
+                return ipaddress.IPv4Address(candidate)
+        for candidate in range(self._first, self._last + 1):
+            if candidate not in self._used:
+                self._used.add(candidate)
+                return ipaddress.IPv4Address(candidate)
+        raise AllocationError("range is full", reason="Full")
+
+    def release(self, ip: ipaddress.IPv4Address) -> None:
+        self._used.discard(int(ip))
+
+
+class PortAllocator:
+    def __init__(self, first: int, last: int, rng: random.Random | None = None) -> None:
+        self.first = first
+        self.last = last
+        self._used: set[int] = set()
+        self._rng = rng or random.Random()
+
+    def occupy(self, port: int) -> None:
+        self._used.add(port)
+
+    def allocate(self, port: int | None = None) -> int:
+        if port is not None:
+            if not self.first <= port <= self.last:
+                raise AllocationError(
+                    f"provided port is not in the valid range. The range of valid ports is {self.first}-{self.last}")
+            if port in self._used:
+                raise AllocationError("provided port is already allocated")
+            self._used.add(port)
+            return port
+        free = (self.last - self.first + 1) - len(self._used)
+        if free <= 0:
+            raise AllocationError("range is full", reason="Full")
+        for _ in range(64):
+            candidate = self._rng.randint(self.first, self.last)
+            if candidate not in self._used:
+                self._used.add(candidate)
+                return candidate
+        for candidate in range(self.first, self.last + 1):
+            if candidate not in self._used:
+                self._used.add(candidate)
+                return candidate
+        raise AllocationError("range is full", reason="Full")
+
+    def release(self, port: int) -> None:
+        self._used.discard(port)
+
+
+class CIDRAllocator:
+    """Sequential per-node subnets of ``prefixlen`` carved out of the pod subnet,
+    like kube-controller-manager's range allocator (first node gets .0.0/24)."""
+
+    def __init__(self, network: ipaddress.IPv4Network, prefixlen: int = 24) -> None:
+        if prefixlen < network.prefixlen:
+            raise AllocationError(f"node CIDR size /{prefixlen} is larger than the pod subnet {network}")
+        self.network = network
+        self.prefixlen = prefixlen
+        self._used: set[ipaddress.IPv4Network] = set()
+
+    def occupy(self, cidr: ipaddress.IPv4Network) -> None:
+        self._used.add(cidr)
+
+    def allocate(self) -> ipaddress.IPv4Network:
+        for subnet in self.network.subnets(new_prefix=self.prefixlen):
+            if subnet not in self._used:
+                self._used.add(subnet)
+                return subnet
+        raise AllocationError(f"no remaining CIDRs of size /{self.prefixlen} in {self.network}", reason="Full")
+
+    def release(self, cidr: ipaddress.IPv4Network) -> None:
+        self._used.discard(cidr)
