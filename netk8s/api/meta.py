@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 # Kubernetes' alphabet for generated name suffixes: no vowels, no confusables.
-_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def now() -> str:
@@ -35,7 +35,7 @@ def new_uid() -> str:
 
 
 def random_suffix(length: int = 5) -> str:
-    return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(length))
+    return "".join(secrets.choice(SUFFIX_ALPHABET) for _ in range(length))
 
 
 def name_of(obj: dict) -> str:

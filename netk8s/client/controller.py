@@ -13,6 +13,7 @@ import threading
 from netk8s.api.resources import ResourceType
 from netk8s.client.informer import Informer, WorkQueue
 from netk8s.client.rest import ApiClient
+from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ class Controller:
             try:
                 self.sync(key)
                 self.queue.forget(key)
+            except ApiError as exc:
+                # Conflicts are routine (our cache was a version behind): retry quietly.
+                level = logging.DEBUG if exc.code == 409 else logging.WARNING
+                log.log(level, "%s: sync of %s failed (will retry): %s", self.name, key, exc)
+                self.queue.retry(key)
             except Exception as exc:
                 log.warning("%s: sync of %s failed (will retry): %s", self.name, key, exc)
                 log.debug("%s: sync of %s failed", self.name, key, exc_info=True)

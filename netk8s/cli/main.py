@@ -1,0 +1,350 @@
+"""The ``netk8s`` command: kubectl-like, for emulated clusters.
+
+Parses arguments, calls the library, prints. Every ``NetK8sError`` becomes a
+one-line ``error: ...`` on stderr with its exit code (2 for bad usage or
+input, 1 for a failed operation); tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from netk8s.errors import ApiError, NetK8sError, UserError
+
+log = logging.getLogger("netk8s.cli")
+
+OUTPUT_FORMATS = ("wide", "json", "yaml", "name")
+
+
+def _common() -> argparse.ArgumentParser:
+    # Global flags repeated on every subcommand (SUPPRESS keeps a top-level value).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cluster", default=argparse.SUPPRESS, metavar="NAME",
+                        help="cluster to act on (default: the only one running)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="netk8s", parents=[_common()],
+                                     description="Packet-level Kubernetes cluster emulator.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library activity to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("up", parents=[common], help="bring a cluster up (default: 1 control-plane + 2 workers)")
+    p.add_argument("-f", "--file", metavar="TOPOLOGY", help="topology YAML (default: built-in default cluster)")
+    p.add_argument("--name", help="cluster name (overrides the topology's)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for Ready nodes")
+
+    p = sub.add_parser("down", parents=[common], help="tear a cluster down and remove everything it made")
+    p.add_argument("--name", help="cluster to tear down")
+    p.add_argument("--all", action="store_true", help="tear down every cluster")
+
+    sub.add_parser("clusters", parents=[common], help="list running clusters")
+    sub.add_parser("kubeconfig", parents=[common], help="print the path of the cluster's kubeconfig")
+
+    p = sub.add_parser("apply", parents=[common], help="create or update objects from manifests")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
+                   help="manifest file, directory or - for stdin (repeatable)")
+    p.add_argument("-n", "--namespace")
+
+    p = sub.add_parser("get", parents=[common], help="list objects, like kubectl get")
+    p.add_argument("resource", help="pods, services, nodes, deployments, replicasets, endpointslices, namespaces")
+    p.add_argument("names", nargs="*")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-l", "--selector", help="label selector, e.g. app=web,tier!=db")
+    p.add_argument("--field-selector")
+    p.add_argument("-o", "--output", choices=OUTPUT_FORMATS)
+
+    p = sub.add_parser("delete", parents=[common], help="delete objects by name or from manifests")
+    p.add_argument("resource", nargs="?")
+    p.add_argument("names", nargs="*")
+    p.add_argument("-f", "--filename", action="append", metavar="FILE")
+    p.add_argument("-n", "--namespace")
+
+    p = sub.add_parser("logs", parents=[common], help="print a container's log")
+    p.add_argument("pod")
+    p.add_argument("-c", "--container")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-p", "--previous", action="store_true", help="the previous instance's log")
+
+    p = sub.add_parser("exec", parents=[common], help="run a command in a pod: netk8s exec POD -- CMD...")
+    p.add_argument("pod")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-c", "--container", help="accepted for kubectl compatibility (pods share one namespace)")
+    p.add_argument("-i", "--stdin", action="store_true", help="accepted for kubectl compatibility")
+    p.add_argument("-t", "--tty", action="store_true", help="accepted for kubectl compatibility")
+
+    for kind in ("node", "host"):
+        p = sub.add_parser(kind, parents=[common], help=f"act on an emulated {kind}")
+        kind_sub = p.add_subparsers(dest="action", metavar="ACTION")
+        kind_sub.required = True
+        e = kind_sub.add_parser("exec", parents=[common], help=f"run a command in a {kind}'s namespace")
+        e.add_argument("target", metavar=kind.upper())
+    return parser
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from netk8s.cluster import lifecycle
+    from netk8s.topology import default_topology, load_file
+
+    topo = load_file(args.file) if args.file else default_topology()
+    if args.name:
+        topo = topo.with_name(args.name)
+    print(f'Creating cluster "{topo.name}" ({len(topo.nodes)} nodes, {len(topo.hosts)} external hosts) ...',
+          flush=True)
+    record = lifecycle.up(topo, timeout=args.timeout)
+    from netk8s.cluster.state import StateDir
+
+    state = StateDir(topo.name)
+    print(f'Cluster "{topo.name}" is up: {len(topo.nodes)} nodes Ready; API server {record.server}')
+    print(f"kubeconfig: {state.kubeconfig}")
+    print(f"Try: netk8s get nodes -o wide        Stop: netk8s down --name {topo.name}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from netk8s.cluster import lifecycle
+    from netk8s.cluster.state import list_clusters
+
+    if args.all:
+        names = list_clusters()
+    else:
+        names = [args.name or lifecycle.resolve_cluster(getattr(args, "cluster", None)).name]
+    for name in names:
+        report = lifecycle.down(name)
+        print(f'Deleted cluster "{name}" ({report.namespaces} namespaces, {report.processes} processes)')
+        for err in report.errors:
+            print(f"warning: {err}", file=sys.stderr)
+    if not names:
+        print("No clusters to delete.")
+    return 0
+
+
+def cmd_clusters(args: argparse.Namespace) -> int:
+    from netk8s.cluster import lifecycle
+    from netk8s.cluster.state import StateDir, list_clusters
+
+    names = list_clusters()
+    if not names:
+        print("No clusters found.")
+        return 0
+    from netk8s.api.printers import format_table
+
+    rows = []
+    for name in names:
+        try:
+            record = StateDir(name).read()
+            status = record.phase.value if lifecycle.daemon_alive(record) else "Stopped (run netk8s down)"
+            rows.append([name, status, record.server if record.api_port else "-", record.created])
+        except NetK8sError as exc:
+            rows.append([name, f"Broken: {exc}", "-", "-"])
+    sys.stdout.write(format_table(["NAME", "STATUS", "API SERVER", "CREATED"], rows))
+    return 0
+
+
+def _cluster(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from netk8s.cluster.api import Cluster
+
+    return Cluster.attach(getattr(args, "cluster", None))
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    print(_cluster(args).kubeconfig)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from netk8s.api.manifests import load
+    from netk8s.client.apply import apply
+
+    manifests = [m for source in args.filename for m in load(source)]
+    cluster = _cluster(args)
+    for applied in apply(cluster.client, manifests, args.namespace):
+        print(applied.describe())
+    return 0
+
+
+def _print_objects(resource, items: list[dict], output: str | None, single: bool,  # type: ignore[no-untyped-def]
+                   with_namespace: bool) -> None:
+    from netk8s.api.printers import format_table, table
+
+    if output in ("json", "yaml"):
+        if single and len(items) == 1:
+            doc = items[0]
+        else:
+            doc = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
+        if output == "json":
+            print(json.dumps(doc, indent=4))
+        else:
+            import yaml
+
+            sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+        return
+    if output == "name":
+        prefix = f"{resource.singular}.{resource.group}" if resource.group else resource.singular
+        for obj in items:
+            print(f"{prefix}/{obj['metadata']['name']}")
+        return
+    headers, rows = table(resource.kind, items, wide=output == "wide", with_namespace=with_namespace)
+    sys.stdout.write(format_table(headers, rows))
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from netk8s.api.resources import resolve
+
+    resource = resolve(args.resource)
+    cluster = _cluster(args)
+    all_ns = args.all_namespaces and resource.namespaced
+    namespace = None if all_ns or not resource.namespaced else (args.namespace or "default")
+    if args.names:
+        items = []
+        missing = []
+        for name in args.names:
+            try:
+                items.append(cluster.client.get(resource, name, namespace))
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+                missing.append(name)
+        if items:
+            _print_objects(resource, items, args.output, len(args.names) == 1, False)
+        if missing:
+            raise ApiError(404, "NotFound", "; ".join(f'{resource.group_resource} "{n}" not found' for n in missing))
+        return 0
+    listed = cluster.client.list(resource, namespace, args.selector, args.field_selector)
+    items = listed.get("items") or []
+    if not items and args.output not in ("json", "yaml"):
+        where = f" in {namespace} namespace" if namespace else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+        return 0
+    _print_objects(resource, items, args.output, False, bool(all_ns))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from netk8s.api.manifests import load
+    from netk8s.api.resources import resolve
+    from netk8s.client.apply import resolve_namespace
+
+    cluster = _cluster(args)
+    targets = []
+    if args.filename:
+        for source in args.filename:
+            for m in load(source):
+                targets.append((m.resource, m.name, resolve_namespace(m, args.namespace)))
+    elif args.resource and args.names:
+        resource = resolve(args.resource)
+        ns = (args.namespace or "default") if resource.namespaced else None
+        targets = [(resource, name, ns) for name in args.names]
+    else:
+        raise UserError("delete: give RESOURCE NAME... or -f FILE")
+    for resource, name, ns in targets:
+        cluster.client.delete(resource, name, ns)
+        kind = f"{resource.singular}.{resource.group}" if resource.group else resource.singular
+        print(f'{kind} "{name}" deleted')
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    pod = cluster.get("pods", args.pod, args.namespace)
+    containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+    name = args.container or (containers[0] if len(containers) == 1 else None)
+    if name is None:
+        raise UserError(f'a container name must be specified for pod {args.pod}, choose one of: '
+                        f'[{" ".join(containers)}]')
+    if name not in containers:
+        raise UserError(f'container {name} is not valid for pod {args.pod}')
+    statuses = {s["name"]: s for s in (pod.get("status") or {}).get("containerStatuses") or []}
+    restarts = int(statuses.get(name, {}).get("restartCount", 0))
+    index = restarts - 1 if args.previous else restarts
+    if index < 0:
+        raise UserError(f'previous terminated container "{name}" in pod "{args.pod}" not found')
+    pod_dir = f"{args.namespace}_{args.pod}_{pod['metadata']['uid']}"
+    path = cluster.state.logs_dir / pod_dir / name / f"{index}.log"
+    try:
+        sys.stdout.write(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        raise NetK8sError(f'container "{name}" in pod "{args.pod}" has no log yet') from None
+    return 0
+
+
+def _exec_in(netns: str, command: list[str], env: dict[str, str] | None) -> int:
+    if not command:
+        raise UserError("missing command: use netk8s ... exec NAME -- COMMAND [ARGS...]")
+    if os.geteuid() != 0:
+        raise UserError("exec needs root (it enters network namespaces): run it with sudo")
+    argv = ["ip", "netns", "exec", netns, *command]
+    sys.stdout.flush()
+    if env is None:
+        os.execvp("ip", argv)
+    os.execvpe("ip", argv, env)
+    return 1  # not reached
+
+
+def cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
+    from netk8s.cluster.api import pod_exec_target
+
+    cluster = _cluster(args)
+    netns, env = pod_exec_target(cluster.client, cluster.name, args.pod, args.namespace)
+    return _exec_in(netns, command, env)
+
+
+def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
+    cluster = _cluster(args)
+    machine = cluster.node(args.target) if args.command == "node" else cluster.host(args.target)
+    return _exec_in(machine.netns, command, None)
+
+
+COMMANDS = {
+    "up": cmd_up, "down": cmd_down, "clusters": cmd_clusters, "kubeconfig": cmd_kubeconfig,
+    "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "logs": cmd_logs,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "exec":
+            return cmd_exec(args, command)
+        if args.command in ("node", "host"):
+            return cmd_machine_exec(args, command)
+        if command:
+            raise UserError(f"unexpected arguments after --: {' '.join(command)}")
+        return COMMANDS[args.command](args)
+    except ApiError as exc:
+        reason = exc.reason or "Error"
+        print(f"Error from server ({reason}): {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NetK8sError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

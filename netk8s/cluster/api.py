@@ -1,0 +1,205 @@
+"""The Python API: ``from netk8s import Cluster``.
+
+::
+
+    with Cluster.up() as cluster:                 # default topology, or a path/dict/Topology
+        cluster.apply("topologies/apps/echo.yaml")
+        cluster.wait_ready("deployment", "echo")
+        out = cluster.exec("client", ["curl", "-s", "http://10.96.0.20/"])
+        cluster.node("worker").exec(["iptables-save", "-t", "nat"])
+
+Every call goes through the cluster's API server (objects) or into the
+cluster's own namespaces (exec); nothing touches the root namespace's network.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from netk8s.api import meta
+from netk8s.api.manifests import load as load_manifests
+from netk8s.api.resources import ResourceType, resolve
+from netk8s.client.apply import apply
+from netk8s.client.rest import ApiClient
+from netk8s.cluster import lifecycle
+from netk8s.cluster.naming import node_netns, pod_netns
+from netk8s.cluster.state import ClusterRecord, StateDir
+from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
+from netk8s.kubelet.runtime import DEFAULT_PATH
+from netk8s.topology import Topology, default_topology, load_dict, load_file
+
+
+def _topology(source: str | Path | Topology | dict | None, name: str | None) -> Topology:
+    if source is None:
+        topo = default_topology(name)
+    elif isinstance(source, Topology):
+        topo = source
+    elif isinstance(source, dict):
+        topo = load_dict(source)
+    else:
+        topo = load_file(source)
+    return topo.with_name(name) if name else topo
+
+
+class Machine:
+    """A node or external host: run commands in its network namespace."""
+
+    def __init__(self, name: str, netns: str) -> None:
+        self.name = name
+        self.netns = netns
+
+    def exec(self, argv: Sequence[str], timeout: float = 60, check: bool = False,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        return run_in_netns(self.netns, argv, timeout=timeout, check=check, input=input)
+
+
+def run_in_netns(netns: str, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60,
+                 check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
+                            timeout=timeout, env=env, input=input)
+    if check and result.returncode != 0:
+        raise NetK8sError(f"{' '.join(argv)} in {netns} exited with {result.returncode}: "
+                          f"{(result.stderr or result.stdout).strip()}")
+    return result
+
+
+class Cluster:
+    def __init__(self, state: StateDir, record: ClusterRecord) -> None:
+        self.state = state
+        self.record = record
+        self.client = ApiClient(record.server)
+        self.topology: Topology = load_dict(record.topology)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, topology: str | Path | Topology | dict | None = None, name: str | None = None,
+           timeout: float = lifecycle.UP_TIMEOUT) -> "Cluster":
+        topo = _topology(topology, name)
+        record = lifecycle.up(topo, timeout=timeout)
+        return cls(StateDir(topo.name), record)
+
+    @classmethod
+    def attach(cls, name: str | None = None) -> "Cluster":
+        state = lifecycle.resolve_cluster(name)
+        return cls(state, state.read())
+
+    def down(self) -> None:
+        if self.state.path.exists():
+            lifecycle.down(self.name)
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.down()
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state.kubeconfig
+
+    # -- objects -----------------------------------------------------------------------
+
+    def apply(self, source: str | Path | dict | list, namespace: str | None = None) -> list[dict]:
+        return [a.obj for a in apply(self.client, load_manifests(source), namespace)]
+
+    def get(self, kind: str, name: str, namespace: str | None = "default") -> dict:
+        resource = resolve(kind)
+        return self.client.get(resource, name, namespace if resource.namespaced else None)
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
+        resource = resolve(kind)
+        return self.client.list(resource, namespace if resource.namespaced else None, label_selector)["items"]
+
+    def delete(self, kind: str, name: str, namespace: str | None = "default") -> None:
+        resource = resolve(kind)
+        self.client.delete(resource, name, namespace if resource.namespaced else None)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1,
+                 what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise NetK8sError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(interval)
+
+    def wait_ready(self, kind: str = "deployment", name: str | None = None, namespace: str = "default",
+                   timeout: float = 60) -> None:
+        """Wait until a Deployment (all replicas available), a Pod or every Node is Ready."""
+        resource = resolve(kind)
+
+        def ready(obj: dict) -> bool:
+            if resource.kind == "Deployment":
+                spec, status = obj.get("spec") or {}, obj.get("status") or {}
+                want = int(spec.get("replicas", 1))
+                return (status.get("observedGeneration", 0) >= (obj.get("metadata") or {}).get("generation", 1)
+                        and status.get("updatedReplicas", 0) == want and status.get("availableReplicas", 0) == want
+                        and status.get("replicas", 0) == want)
+            return meta.condition_true(obj, "Ready")
+
+        def check() -> bool:
+            if name:
+                try:
+                    return ready(self.get(kind, name, namespace))
+                except ApiError as exc:
+                    if exc.code == 404:
+                        return False
+                    raise
+            items = self.list(kind, namespace if resource.namespaced else None)
+            return bool(items) and all(ready(o) for o in items)
+
+        self.wait_for(check, timeout, what=f"{resource.kind.lower()} {name or '(all)'} to be ready")
+
+    # -- namespaces ----------------------------------------------------------------------
+
+    def pod_netns(self, pod: str, namespace: str = "default") -> str:
+        return pod_exec_target(self.client, self.name, pod, namespace)[0]
+
+    def exec(self, pod: str, argv: Sequence[str], namespace: str = "default", timeout: float = 60,
+             check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
+        ns, env = pod_exec_target(self.client, self.name, pod, namespace)
+        return run_in_netns(ns, argv, env=env, timeout=timeout, check=check, input=input)
+
+    def node(self, name: str) -> Machine:
+        self.topology.node(name)  # raises NotFoundError naming the known nodes
+        return Machine(name, node_netns(self.name, name))
+
+    def host(self, name: str) -> Machine:
+        if name not in {h.name for h in self.topology.hosts}:
+            known = ", ".join(h.name for h in self.topology.hosts) or "none"
+            raise NotFoundError(f'host "{name}" not found in cluster {self.name}; external hosts: {known}')
+        return Machine(name, node_netns(self.name, name))
+
+
+def pod_exec_target(client: ApiClient, cluster: str, pod_name: str, namespace: str) -> tuple[str, dict[str, str]]:
+    """The namespace to exec in and the environment a container of the pod sees."""
+    pods: ResourceType = resolve("pods")
+    try:
+        pod = client.get(pods, pod_name, namespace)
+    except ApiError as exc:
+        if exc.code == 404:
+            raise NotFoundError(f'pods "{pod_name}" not found in namespace "{namespace}"') from None
+        raise
+    phase = (pod.get("status") or {}).get("phase", "Pending")
+    if phase != "Running":
+        raise UserError(f'cannot exec into pod "{pod_name}": it is {phase}, not Running')
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        ns = node_netns(cluster, (pod.get("spec") or {}).get("nodeName", ""))
+    else:
+        ns = pod_netns(cluster, pod)
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": pod_name, "HOME": "/root", "TERM": "xterm"}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    for item in (containers[0].get("env") or []) if containers else []:
+        if item.get("name") and "value" in item:
+            env[item["name"]] = str(item["value"])
+    return ns, env

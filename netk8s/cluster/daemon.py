@@ -1,0 +1,189 @@
+"""The cluster daemon: one background process per running cluster.
+
+Started by ``netk8s up`` (``python -m netk8s.cluster.daemon <state dir>``), it
+runs the control plane (store, API server, controller manager, scheduler),
+builds the emulated network, and runs each node's agents (kubelet, kube-proxy,
+host-gw routing) and the external hosts' route agents. It reports progress in
+``cluster.json`` (phase Running or Failed with the error) and, on SIGTERM or
+SIGINT, stops everything and removes every kernel object it recorded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from netk8s.api import meta
+from netk8s.api.manifests import load as load_manifests
+from netk8s.api.resources import by_plural
+from netk8s.apiserver.registry import Registry, RegistryConfig
+from netk8s.apiserver.server import ApiServer, listen
+from netk8s.client.apply import apply
+from netk8s.client.controller import Controller
+from netk8s.client.rest import ApiClient
+from netk8s.cluster.naming import node_netns
+from netk8s.cluster.state import Phase, StateDir, write_kubeconfig
+from netk8s.cluster.teardown import teardown
+from netk8s.cni.hostgw import HostGwAgent
+from netk8s.controllers.manager import ControllerManager
+from netk8s.emulator.network import EmulatedNetwork
+from netk8s.errors import NetK8sError
+from netk8s.kernel.procs import start_time
+from netk8s.kubelet.kubelet import Kubelet, KubeletConfig
+from netk8s.proxy.model import ProxyConfig
+from netk8s.proxy.proxier import Proxier
+from netk8s.scheduler.scheduler import Scheduler
+from netk8s.store.sqlite import SQLiteStore
+from netk8s.topology import NetworkingMode, StoreKind, Topology, load_dict
+
+log = logging.getLogger("netk8s.daemon")
+
+NODES = by_plural("", "nodes")
+NODE_READY_TIMEOUT = 90.0
+
+
+class ClusterDaemon:
+    def __init__(self, topology: Topology, state: StateDir) -> None:
+        self.topology = topology
+        self.state = state
+        self.store: SQLiteStore | None = None
+        self.apiserver: ApiServer | None = None
+        self.network: EmulatedNetwork | None = None
+        self.controller_manager: ControllerManager | None = None
+        self.agents: list[Controller] = []
+        self.kubelets: list[Kubelet] = []
+        self.client: ApiClient | None = None
+
+    def start(self) -> None:
+        topo = self.topology
+        if topo.store is not StoreKind.SQLITE:
+            raise NetK8sError(f"store: {topo.store.value} is not available yet; use sqlite")
+        if topo.networking_mode is not NetworkingMode.HOST_GW:
+            raise NetK8sError(f"networking.mode: {topo.networking_mode.value} is not available yet; use host-gw")
+        self.store = SQLiteStore(self.state.store_file)
+        registry = Registry(self.store, RegistryConfig(topo.service_subnet, topo.node_port_range))
+        self.apiserver = ApiServer(registry)
+        sock = listen()
+        self.apiserver.start_in_thread(sock)
+        port = sock.getsockname()[1]
+        server = f"http://127.0.0.1:{port}"
+        write_kubeconfig(self.state, server)
+        self.state.update(api_port=port)
+        log.info("API server listening on %s", server)
+        self.client = ApiClient(server)
+
+        self.network = EmulatedNetwork(topo, self.state)
+        self.network.build()
+
+        self.controller_manager = ControllerManager(self.client, topo.pod_subnet)
+        self.controller_manager.start()
+        self._run(Scheduler(self.client))
+        for node in topo.nodes:
+            ns = node_netns(topo.name, node.name)
+            node_ip = topo.primary_address(node.name)
+            subnets = [iface.address.network for iface in topo.interfaces_of(node.name) if iface.address]
+            kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state))
+            self.kubelets.append(kubelet)
+            self._run(kubelet)
+            self._run(HostGwAgent(self.client, ns, node.name, subnets))
+            self._run(Proxier(self.client, ProxyConfig(node_name=node.name, node_ip=node_ip,
+                                                       cluster_cidr=topo.pod_subnet), ns))
+        for host in topo.hosts:
+            subnets = [iface.address.network for iface in topo.interfaces_of(host.name) if iface.address]
+            self._run(HostGwAgent(self.client, node_netns(topo.name, host.name), None, subnets))
+        self._wait_nodes_ready()
+        for manifest in topo.manifests:
+            base = topo.source.parent if topo.source else None
+            for applied in apply(self.client, load_manifests(manifest, base_dir=base)):
+                log.info("manifest: %s", applied.describe())
+
+    def _run(self, component: Controller) -> None:
+        self.agents.append(component)
+        component.start()
+
+    def _wait_nodes_ready(self) -> None:
+        assert self.client is not None and NODES is not None
+        wanted = {n.name for n in self.topology.nodes}
+        deadline = time.monotonic() + NODE_READY_TIMEOUT
+        while True:
+            nodes = self.client.list(NODES)["items"]
+            ready = {meta.name_of(n) for n in nodes if meta.node_is_ready(n)}
+            if wanted <= ready:
+                log.info("all %d nodes are Ready", len(wanted))
+                return
+            if time.monotonic() > deadline:
+                raise NetK8sError(f"nodes not Ready after {NODE_READY_TIMEOUT:.0f}s: "
+                                  f"{', '.join(sorted(wanted - ready))}; see {self.state.log_file}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for kubelet in self.kubelets:
+            try:
+                kubelet.shutdown_pods(grace=2.0)
+            except Exception:
+                log.exception("stopping pods on %s failed", kubelet.node_name)
+        for agent in self.agents:
+            agent.stop()
+        if self.controller_manager is not None:
+            self.controller_manager.stop()
+        for agent in self.agents:
+            agent.join(timeout=2)
+        if self.network is not None:
+            self.network.stop()
+        if self.apiserver is not None:
+            self.apiserver.stop()
+        if self.store is not None:
+            self.store.close()
+
+
+def _configure_logging(state: StateDir) -> None:
+    handler = logging.FileHandler(state.log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("NETK8S_LOG_LEVEL", "INFO"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m netk8s.cluster.daemon <state dir>", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    state = StateDir(path.name, path.parent)
+    _configure_logging(state)
+    state.update(daemon_pid=os.getpid(), daemon_start_time=start_time(os.getpid()))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    record = state.read()
+    daemon = ClusterDaemon(load_dict(record.topology), state)
+    try:
+        daemon.start()
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, NetK8sError) else f"{type(exc).__name__}: {exc}"
+        log.exception("cluster start failed: %s", message)
+        state.update(phase=Phase.FAILED, error=message)
+        daemon.stop()
+        teardown(state, exclude_pids={os.getpid()})
+        return 1
+    state.update(phase=Phase.RUNNING)
+    log.info("cluster %s is running", state.name)
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping cluster %s", state.name)
+    state.update(phase=Phase.STOPPING)
+    daemon.stop()
+    teardown(state, exclude_pids={os.getpid()})
+    log.info("cluster %s stopped", state.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

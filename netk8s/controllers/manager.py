@@ -1,0 +1,34 @@
+"""The controller manager: starts and stops every cluster-level controller."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from netk8s.client.controller import Controller
+from netk8s.client.rest import ApiClient
+from netk8s.controllers.deployment import DeploymentController
+from netk8s.controllers.endpointslice import EndpointSliceController
+from netk8s.controllers.garbagecollector import GarbageCollector
+from netk8s.controllers.nodeipam import NodeIpamController
+from netk8s.controllers.replicaset import ReplicaSetController
+
+
+class ControllerManager:
+    def __init__(self, client: ApiClient, pod_subnet: ipaddress.IPv4Network) -> None:
+        self.controllers: list[Controller] = [
+            NodeIpamController(client, pod_subnet),
+            DeploymentController(client),
+            ReplicaSetController(client),
+            EndpointSliceController(client),
+            GarbageCollector(client),
+        ]
+
+    def start(self) -> None:
+        for controller in self.controllers:
+            controller.start()
+
+    def stop(self) -> None:
+        for controller in self.controllers:
+            controller.stop()
+        for controller in self.controllers:
+            controller.join()

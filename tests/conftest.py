@@ -1,0 +1,41 @@
+"""Suite-wide rules: privileged tests need root, and under CI they must run.
+
+Tests that need root and kernel namespaces carry ``@pytest.mark.privileged``
+(integration and e2e directories get it automatically). Without root they
+skip locally; with ``CI=true`` any skip of a privileged test (for any reason)
+is turned into a failure, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_PRIVILEGED_DIRS = ("integration", "e2e")
+UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if any(d in parts for d in _PRIVILEGED_DIRS):
+            item.add_marker(pytest.mark.privileged)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("privileged") and os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, iptables)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if UNDER_CI and report.skipped and item.get_closest_marker("privileged"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"privileged test skipped under CI=true, which is not allowed: {reason}"

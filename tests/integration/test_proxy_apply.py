@@ -1,0 +1,349 @@
+"""kube-proxy rules applied for real inside a throwaway node namespace (root).
+
+Each test gets a namespace ``nk-t<random>-node`` holding an interface
+with pod-network addresses and a default route through it (inside the
+namespace only), applies rendered rules with iptables-restore, reads them back
+with iptables-save and sends TCP connections to cluster IPs from inside the
+namespace. The namespace is deleted in a finalizer even when a test fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Callable, Iterator
+
+import pytest
+
+from netk8s.api.resources import ResourceType, by_plural
+from netk8s.apiserver.registry import Registry
+from netk8s.apiserver.server import ApiServer, listen
+from netk8s.client.rest import ApiClient
+from netk8s.errors import KernelError
+from netk8s.kernel import iptables as kipt
+from netk8s.kernel import netns
+from netk8s.proxy import iptables as ipt
+from netk8s.proxy.hashing import endpoint_chain, service_chain
+from netk8s.proxy.model import Endpoint, Protocol, ProxyConfig, ServicePort
+from netk8s.proxy.proxier import Proxier
+from netk8s.store.sqlite import SQLiteStore
+
+CONFIG = ProxyConfig("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.0.0/16"))
+POD_IPS = ("10.244.1.1", "10.244.1.2", "10.244.1.3")
+WEB = ServicePort("default", "web", "http", Protocol.TCP, IPv4Address("10.96.12.34"), 80)
+API = ServicePort("default", "api", "", Protocol.TCP, IPv4Address("10.96.12.35"), 443)
+EMPTY = ServicePort("default", "empty", "", Protocol.TCP, IPv4Address("10.96.7.7"), 8080)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    prefix: str
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    prefix = f"nk-t{secrets.token_hex(3)}"
+    name = f"{prefix}-node"
+    netns.create(name)
+    try:
+        # This kernel has no dummy driver: a veth pair with both ends inside the
+        # namespace (never in the root one) plays the pod-network interface.
+        dev, peer = f"{prefix}a", f"{prefix}b"
+        netns.run(name, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
+        for ip in POD_IPS:
+            netns.run(name, ["ip", "addr", "add", f"{ip}/24", "dev", dev])
+        for link in (dev, peer):
+            netns.run(name, ["ip", "link", "set", link, "up"])
+        netns.run(name, ["ip", "route", "add", "default", "dev", dev])
+        yield Node(name, prefix)
+    finally:
+        netns.delete(name)
+
+
+def apply(ns: str, ports: list[ServicePort], endpoints: dict[str, list[Endpoint]]) -> ipt.RenderResult:
+    result = ipt.plan(ports, endpoints, CONFIG, kipt.save(ns))
+    kipt.restore(ns, result.text)
+    return result
+
+
+def web_endpoints(port: int = 8080) -> list[Endpoint]:
+    return [Endpoint(IPv4Address(ip), port) for ip in POD_IPS]
+
+
+def assert_jumps_exactly_once(saved: str) -> None:
+    lines = list(ipt.save_lines(saved))
+    for rule in ipt.JUMP_RULES:
+        assert lines.count((rule.table, rule.save_line)) == 1, rule.save_line
+
+
+def assert_kernel_agrees(saved: str, result: ipt.RenderResult) -> None:
+    saved_rules = ipt.rules_by_chain(saved)
+    for key, rendered in result.rules().items():
+        assert saved_rules.get(key) == rendered, key
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Listeners:
+    """TCP servers on each pod IP inside the namespace; each answers with its own address."""
+
+    def __init__(self, ns: str, ips: tuple[str, ...], port: int) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        for ip in ips:
+            sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ip, port))
+            sock.listen(64)
+            sock.settimeout(0.1)
+            self._socks.append(sock)
+            t = threading.Thread(target=self._serve, args=(sock, ip), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, sock: socket.socket, ip: str) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.sendall(ip.encode())
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(2)
+        for s in self._socks:
+            s.close()
+
+
+@pytest.fixture
+def listeners(node: Node) -> Iterator[Listeners]:
+    servers = Listeners(node.name, POD_IPS, 8080)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+def fetch(ns: str, ip: str, port: int, timeout: float = 2.0) -> str:
+    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        return sock.recv(64).decode()
+
+
+def connect_errno(ns: str, ip: str, port: int, timeout: float) -> tuple[int | None, float]:
+    """(errno or None for a timeout, seconds taken) of one TCP connect from inside the namespace."""
+    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        start = time.monotonic()
+        try:
+            code = sock.connect_ex((ip, port))
+        except socket.timeout:
+            code = None
+        return code, time.monotonic() - start
+
+
+# -- renderer + backend ------------------------------------------------------------------------
+
+def test_service_with_endpoints_applies_and_balances(node: Node, listeners: Listeners) -> None:
+    result = apply(node.name, [WEB], {WEB.service_port_name: web_endpoints()})
+    saved = kipt.save(node.name)
+    nat = kipt.chains_in(saved)["nat"]
+    assert service_chain("default/web:http", "tcp") in nat
+    seps = {endpoint_chain("default/web:http", "tcp", f"{ip}:8080") for ip in POD_IPS}
+    assert seps <= nat
+    assert_jumps_exactly_once(saved)
+    assert_kernel_agrees(saved, result)
+
+    # A second sync of the same state changes nothing and adds no duplicate jumps.
+    again = apply(node.name, [WEB], {WEB.service_port_name: web_endpoints()})
+    assert again.text.count("-I ") == 0
+    saved2 = kipt.save(node.name)
+    assert_jumps_exactly_once(saved2)
+    assert ipt.rules_by_chain(saved2) == ipt.rules_by_chain(saved)
+
+    # Real connections to the cluster IP are DNATed to every endpoint.
+    seen = {fetch(node.name, "10.96.12.34", 80) for _ in range(40)}
+    assert seen == set(POD_IPS)
+
+
+def test_reapply_without_a_service_removes_only_its_chains(node: Node) -> None:
+    foreign = f"{node.prefix}-OTHER"
+    kipt.restore(node.name, f"*nat\n:{foreign} - [0:0]\n-A {foreign} -j RETURN\nCOMMIT\n")
+    eps = {WEB.service_port_name: web_endpoints(), API.service_port_name: [Endpoint(IPv4Address("10.244.1.2"), 6443)]}
+    apply(node.name, [WEB, API], eps)
+    api_chains = {service_chain("default/api", "tcp"), endpoint_chain("default/api", "tcp", "10.244.1.2:6443")}
+    assert api_chains <= kipt.chains_in(kipt.save(node.name))["nat"]
+
+    result = apply(node.name, [WEB], {WEB.service_port_name: web_endpoints()})
+    assert set(result.deleted_chains["nat"]) == api_chains
+    saved = kipt.save(node.name)
+    nat = kipt.chains_in(saved)["nat"]
+    assert not api_chains & nat
+    assert service_chain("default/web:http", "tcp") in nat
+    assert "default/api" not in saved
+    assert_jumps_exactly_once(saved)
+    assert_kernel_agrees(saved, result)
+    # Chains that are not kube-proxy's survive, rules and all.
+    assert ipt.rules_by_chain(saved)[("nat", foreign)] == [f"-A {foreign} -j RETURN"]
+
+
+def test_no_endpoint_service_refuses_tcp_fast(node: Node) -> None:
+    result = apply(node.name, [EMPTY], {})
+    saved = kipt.save(node.name)
+    assert_kernel_agrees(saved, result)
+    assert any("default/empty has no endpoints" in r and "-j REJECT" in r
+               for r in ipt.rules_by_chain(saved)[("filter", "KUBE-SERVICES")])
+    code, took = connect_errno(node.name, "10.96.7.7", 8080, timeout=3.0)
+    assert code == errno.ECONNREFUSED and took < 1.0, (code, took)
+    # Control: a port no rule covers is not refused, the SYN goes unanswered.
+    code, took = connect_errno(node.name, "10.96.7.7", 9999, timeout=0.5)
+    assert code != errno.ECONNREFUSED and took >= 0.4, (code, took)
+
+
+def test_restore_error_names_the_failing_line(node: Node) -> None:
+    bad = "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-DOESNOTEXIST000\nCOMMIT\n"
+    with pytest.raises(KernelError) as info:
+        kipt.restore(node.name, bad)
+    message = str(info.value)
+    assert node.name in message and "\n" not in message
+    assert "KUBE-SVC-DOESNOTEXIST000" in message
+
+
+# -- the proxier against a real API server -----------------------------------------------------
+
+def resource(group: str, plural: str) -> ResourceType:
+    found = by_plural(group, plural)
+    assert found is not None, plural
+    return found
+
+
+SERVICES = resource("", "services")
+SLICES = resource("discovery.k8s.io", "endpointslices")
+
+
+@pytest.fixture
+def api() -> Iterator[ApiClient]:
+    server = ApiServer(Registry(SQLiteStore(":memory:")))
+    sock = listen()
+    server.start_in_thread(sock)
+    client = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        sock.close()
+
+
+@pytest.fixture
+def start_proxier(api: ApiClient, node: Node) -> Iterator[Callable[..., Proxier]]:
+    started: list[Proxier] = []
+
+    def start(**kwargs: object) -> Proxier:
+        proxier = Proxier(api, CONFIG, node.name, **kwargs)  # type: ignore[arg-type]
+        proxier.start()
+        started.append(proxier)
+        return proxier
+
+    try:
+        yield start
+    finally:
+        for proxier in started:
+            proxier.stop()
+            proxier.join(5)
+
+
+def web_service() -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.12.34", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}
+
+
+def web_slice() -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "web-abcde", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"}
+                          for ip in POD_IPS]}
+
+
+def test_proxier_follows_services_and_slices(api: ApiClient, node: Node, listeners: Listeners,
+                                             start_proxier: Callable[..., Proxier]) -> None:
+    proxier = start_proxier(min_sync_interval=0.05)
+    assert proxier.wait_for_sync(10)
+    assert_jumps_exactly_once(kipt.save(node.name))
+    svc_chain = service_chain("default/web:http", "tcp")
+
+    api.create(SERVICES, web_service())
+    wait_until(lambda: "default/web:http has no endpoints" in kipt.save(node.name), 10, "REJECT for web")
+    assert connect_errno(node.name, "10.96.12.34", 80, timeout=3.0)[0] == errno.ECONNREFUSED
+
+    api.create(SLICES, web_slice())
+    wait_until(lambda: svc_chain in kipt.save(node.name), 10, "web's service chain")
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(40)} == set(POD_IPS)
+
+    api.delete(SERVICES, "web", "default")
+    wait_until(lambda: "default/web" not in kipt.save(node.name), 10, "web's rules to go")
+    saved = kipt.save(node.name)
+    assert not any(c.startswith(("KUBE-SVC-", "KUBE-SEP-")) for c in kipt.chains_in(saved)["nat"])
+    assert_jumps_exactly_once(saved)
+    assert proxier.last_sync_error is None and proxier.sync_count >= 3
+
+
+class FlakyBackend:
+    """The real backend, except that the first ``failures`` restores fail."""
+
+    def __init__(self, ns: str, failures: int) -> None:
+        self.inner = kipt.NetnsIptables(ns)
+        self.failures = failures
+        self.restores = 0
+
+    def save(self) -> str:
+        return self.inner.save()
+
+    def restore(self, text: str) -> None:
+        self.restores += 1
+        if self.restores <= self.failures:
+            raise KernelError(f"injected failure {self.restores}")
+        self.inner.restore(text)
+
+
+def test_proxier_retries_failed_restores(api: ApiClient, node: Node,
+                                         start_proxier: Callable[..., Proxier]) -> None:
+    api.create(SERVICES, web_service())
+    backend = FlakyBackend(node.name, failures=3)
+    proxier = start_proxier(backend=backend, min_sync_interval=0.01)
+    wait_until(lambda: proxier.sync_count >= 1, 10, "a successful sync after failures")
+    assert proxier.failed_sync_count == 3 and backend.restores >= 4
+    assert proxier.last_sync_error is None
+    assert "default/web:http has no endpoints" in kipt.save(node.name)
+
+
+def test_proxier_reports_persistent_failure(api: ApiClient, node: Node,
+                                            start_proxier: Callable[..., Proxier]) -> None:
+    backend = FlakyBackend(node.name, failures=10**6)
+    proxier = start_proxier(backend=backend)
+    wait_until(lambda: proxier.failed_sync_count >= 2, 10, "repeated failed syncs")
+    assert proxier.sync_count == 0
+    assert proxier.last_sync_error is not None and "injected failure" in proxier.last_sync_error
+    assert not proxier.wait_for_sync(0.2)
