@@ -130,7 +130,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         names = [args.name or lifecycle.resolve_cluster(getattr(args, "cluster", None)).name]
     for name in names:
         report = lifecycle.down(name)
-        print(f'Deleted cluster "{name}" ({report.namespaces} namespaces, {report.processes} processes)')
+        extra = ""
+        if report.namespaces or report.processes:  # only after a daemon that did not clean up itself
+            extra = (f" (removed {report.namespaces} namespaces and {report.processes} processes left by a "
+                     "stopped daemon)")
+        print(f'Deleted cluster "{name}"{extra}')
         for err in report.errors:
             print(f"warning: {err}", file=sys.stderr)
     if not names:

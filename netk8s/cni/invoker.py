@@ -228,7 +228,7 @@ class CniInvoker:
         return {
             "CNI_COMMAND": command.value,
             "CNI_CONTAINERID": att.container_id,
-            "CNI_NETNS": att.netns,
+            "CNI_NETNS": netns.path_of(att.netns) if att.netns else "",
             "CNI_IFNAME": att.ifname,
             "CNI_ARGS": att.cni_args(),
             "CNI_PATH": ":".join(self.bin_dirs),

@@ -120,15 +120,17 @@ def _ensure_bridge(ipr: IPRoute, conf: NetConf) -> int:
     """The bridge's index; created (MAC pinned, mtu) when missing, then up (and promisc if asked)."""
     found = ipr.link_lookup(ifname=conf.bridge)
     if not found:
+        created = True
         try:
-            with _kernel(f"create bridge {conf.bridge}"):
-                ipr.link("add", ifname=conf.bridge, kind="bridge", mtu=conf.mtu)
-            created = True
-        except CNIError:
-            created = False  # a concurrent ADD may have created it in between; the lookup below decides
+            ipr.link("add", ifname=conf.bridge, kind="bridge", mtu=conf.mtu)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise CNIError(ErrorCode.INTERNAL,
+                               f"bridge: cannot create {conf.bridge}: {os.strerror(exc.code)}") from None
+            created = False  # a concurrent ADD created it in between
         found = ipr.link_lookup(ifname=conf.bridge)
         if not found:
-            raise CNIError(ErrorCode.INTERNAL, f"bridge: cannot create {conf.bridge} in the host namespace")
+            raise CNIError(ErrorCode.INTERNAL, f"bridge: {conf.bridge} vanished right after it was created")
         if created:
             # A bridge otherwise takes the lowest MAC of its ports, so its MAC would change as
             # pods come and go; setting it explicitly pins it (addr_assign_type becomes "set").

@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -115,6 +116,9 @@ def test_add_in_process_and_executable_wire_pods(tmp_path: Path, node: str, pods
     assert r1["ips"] == [{"interface": 2, "address": "10.244.77.2/24", "gateway": GATEWAY}]
     assert r2["ips"][0]["address"] == "10.244.77.3/24"
     assert r1["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
+    # the bridge MAC is pinned at creation, so enslaving more veths does not change it
+    assert r1["interfaces"][0]["mac"] == r2["interfaces"][0]["mac"] == ip_json(node, "link", "show", "cni0")[0][
+        "address"]
     assert leases(tmp_path) == {"10.244.77.2": "ctr1\r\neth0", "10.244.77.3": "ctr2\r\neth0"}
 
     # node side: veths enslaved to cni0 with hairpin on; bridge carries the gateway; forwarding on
@@ -147,6 +151,22 @@ def test_add_in_process_and_executable_wire_pods(tmp_path: Path, node: str, pods
     by_exec.check(Attachment("ctr2", p2), r2)
 
 
+def test_concurrent_in_process_adds_from_threads(tmp_path: Path, node: str, pods: Callable[[int], str]) -> None:
+    # The kubelet attaches pods from several threads; setns is per thread, so they must not interfere.
+    inv = CniInvoker(conflist(tmp_path), [VENV_BIN], node)
+    namespaces = [pods(i) for i in range(1, 6)]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        futures = [pool.submit(inv.add, Attachment(f"ctr{i}", ns)) for i, ns in enumerate(namespaces)]
+        results = [f.result(timeout=60) for f in futures]
+    addresses = {r["ips"][0]["address"] for r in results}
+    assert len(addresses) == 5 and len(leases(tmp_path)) == 5
+    assert len({r["interfaces"][1]["name"] for r in results}) == 5
+    for ns in namespaces:
+        assert ping(ns, GATEWAY)
+    # the calling threads came back to the root namespace: no bridge appeared there
+    assert "cni0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=30).stdout
+
+
 def test_add_twice_on_same_ifname_fails_and_keeps_the_first(tmp_path: Path, node: str,
                                                              pods: Callable[[int], str]) -> None:
     inv = CniInvoker(conflist(tmp_path), [VENV_BIN], node)
@@ -163,10 +183,11 @@ def test_add_twice_on_same_ifname_fails_and_keeps_the_first(tmp_path: Path, node
 @pytest.mark.parametrize("in_process", [True, False])
 def test_del_is_idempotent_and_frees_everything(tmp_path: Path, node: str, pods: Callable[[int], str],
                                                 in_process: bool) -> None:
-    inv = CniInvoker(conflist(tmp_path, ipMasq=True), [VENV_BIN], node, in_process=in_process)
+    inv = CniInvoker(conflist(tmp_path, ipMasq=True, promiscMode=True), [VENV_BIN], node, in_process=in_process)
     p1 = pods(1)
     att = Attachment("ctr1", p1)
     result = inv.add(att)
+    assert "PROMISC" in ip_json(node, "link", "show", "cni0")[0]["flags"]
     host = result["interfaces"][1]["name"]
     nat = netns.run(node, ["iptables-save", "-t", "nat"]).stdout
     assert "-A POSTROUTING -s 10.244.77.2/32" in nat and "-j MASQUERADE" in nat
@@ -222,11 +243,27 @@ def test_failed_add_is_undone(tmp_path: Path, node: str, pods: Callable[[int], s
     assert "veth" not in netns.run(node, ["ip", "-o", "link"]).stdout
     assert "eth0" not in netns.run(p1, ["ip", "-o", "link"]).stdout
     # fails before the veth: cni0 already holds another address of the pod subnet
+    netns.run(node, ["ip", "addr", "flush", "dev", "cni0"])
     netns.run(node, ["ip", "addr", "add", "10.244.77.9/24", "dev", "cni0"])
     with pytest.raises(CniFailure) as info:
         CniInvoker(conflist(tmp_path), [VENV_BIN], node, in_process=False).add(Attachment("ctr1", p1))
     assert info.value.code == 7 and "10.244.77.9/24" in info.value.msg
     assert leases(tmp_path) == {}
+
+
+def test_gc_via_executable_releases_stale_leases_and_masq(tmp_path: Path, node: str,
+                                                           pods: Callable[[int], str]) -> None:
+    conf = conflist(tmp_path, ipMasq=True)
+    inv = CniInvoker(conf, [VENV_BIN], node)
+    inv.add(Attachment("keep", pods(1)))
+    inv.add(Attachment("stale", pods(2)))
+    gc = {**conf["plugins"][0], "name": conf["name"], "cniVersion": "1.1.0",
+          "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    assert run_exe(node, {"CNI_COMMAND": "GC"}, json.dumps(gc)) == (0, None)
+    assert leases(tmp_path) == {"10.244.77.2": "keep\r\neth0"}
+    nat = netns.run(node, ["iptables-save", "-t", "nat"]).stdout
+    assert "-s 10.244.77.2/32" in nat and "-s 10.244.77.3/32" not in nat
+    assert 'id: \\"stale\\"' not in nat and 'id: \\"keep\\"' in nat
 
 
 # ----------------------------------------------------------------------------- CNI errors via the executable
