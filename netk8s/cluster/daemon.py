@@ -10,7 +10,6 @@ SIGINT, stops everything and removes every kernel object it recorded.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal

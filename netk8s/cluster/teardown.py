@@ -36,11 +36,8 @@ def kill_recorded(state: StateDir, grace: float = 3.0, exclude: set[int] | None 
     exclude = exclude or set()
     live = [(pid, started) for pid, started, _ in state.pids()
             if pid not in exclude and procs.is_running(pid, started)]
-    for pid, started in live:
-        try:
-            os.killpg(pid, signal.SIGTERM) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+    for pid, _ in live:
+        procs.send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(procs.is_running(p, s) for p, s in live):
         time.sleep(0.05)

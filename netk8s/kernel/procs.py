@@ -43,7 +43,8 @@ def is_running(pid: int, started: int | None) -> bool:
     return state not in ("Z", "X")
 
 
-def _signal(pid: int, sig: int, group: bool) -> None:
+def send_signal(pid: int, sig: int, group: bool = True) -> None:
+    """Signal ``pid``, or its whole process group when it leads one (containers do)."""
     try:
         if group and os.getpgid(pid) == pid:
             os.killpg(pid, sig)
@@ -58,7 +59,7 @@ def terminate(pid: int, started: int | None, grace: float = 2.0, group: bool = T
     ``grace`` seconds. Returns False when the record no longer matches a live process."""
     if not is_running(pid, started):
         return False
-    _signal(pid, signal.SIGTERM, group)
+    send_signal(pid, signal.SIGTERM, group)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not is_running(pid, started):
@@ -66,7 +67,7 @@ def terminate(pid: int, started: int | None, grace: float = 2.0, group: bool = T
         time.sleep(0.02)
     log.debug("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, grace)
     if is_running(pid, started):
-        _signal(pid, signal.SIGKILL, group)
+        send_signal(pid, signal.SIGKILL, group)
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and is_running(pid, started):
         time.sleep(0.02)

@@ -299,6 +299,11 @@ class Kubelet(Controller):
                 result = self._cni.add(attachment)
             except NetK8sError as exc:
                 log.warning("%s: CNI ADD for %s failed: %s", self.name, key, exc)
+                # The CNI spec has the runtime DEL after every failed ADD (frees a lease it may hold).
+                try:
+                    self._cni.delete(attachment)
+                except NetK8sError as del_exc:
+                    log.warning("%s: CNI DEL after the failed ADD for %s failed too: %s", self.name, key, del_exc)
                 netns.delete(ns_name)
                 self.config.state.forget_netns(ns_name)
                 self._patch_pod_status(pod, {"conditions": meta.set_condition(
