@@ -69,20 +69,18 @@ class ResourceType:
 
 _ALL = "all"
 
-RESOURCES: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "Namespace", "namespaces", False, ("ns",), ("status", "finalize"),
-                 verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
-    ResourceType("", "v1", "Node", "nodes", False, ("no",), ("status",)),
-    ResourceType("", "v1", "Pod", "pods", True, ("po",), ("status", "binding"), categories=(_ALL,)),
-    ResourceType("", "v1", "Service", "services", True, ("svc",), ("status",),
-                 verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
-                 categories=(_ALL,)),
-    ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), ("status",),
-                 categories=(_ALL,)),
-    ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, ("rs",), ("status",),
-                 categories=(_ALL,)),
-    ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True),
-)
+NAMESPACES = ResourceType("", "v1", "Namespace", "namespaces", False, ("ns",), ("status", "finalize"),
+                          verbs=("create", "delete", "get", "list", "patch", "update", "watch"))
+NODES = ResourceType("", "v1", "Node", "nodes", False, ("no",), ("status",))
+PODS = ResourceType("", "v1", "Pod", "pods", True, ("po",), ("status", "binding"), categories=(_ALL,))
+SERVICES = ResourceType("", "v1", "Service", "services", True, ("svc",), ("status",),
+                        verbs=("create", "delete", "get", "list", "patch", "update", "watch"), categories=(_ALL,))
+DEPLOYMENTS = ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), ("status",),
+                           categories=(_ALL,))
+REPLICASETS = ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, ("rs",), ("status",), categories=(_ALL,))
+ENDPOINTSLICES = ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True)
+
+RESOURCES: tuple[ResourceType, ...] = (NAMESPACES, NODES, PODS, SERVICES, DEPLOYMENTS, REPLICASETS, ENDPOINTSLICES)
 
 _BY_PLURAL: dict[tuple[str, str], ResourceType] = {(r.group, r.plural): r for r in RESOURCES}
 _BY_KIND: dict[tuple[str, str], ResourceType] = {(r.api_version, r.kind): r for r in RESOURCES}

@@ -157,22 +157,16 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         else:
             key = tok
             nxt = tokens[i + 1] if i + 1 < len(tokens) else ","
-            if nxt in ("=", "=="):
+            if nxt in ("=", "==", "!="):
+                # "key=" (empty value) is valid: the value token may be absent.
                 if i + 2 >= len(tokens) or tokens[i + 2] in (",", "(", ")"):
                     value = ""
                     i += 2
                 else:
                     value = tokens[i + 2]
                     i += 3
-                reqs.append(Requirement(key, Operator.EQUALS, (value,)))
-            elif nxt == "!=":
-                if i + 2 >= len(tokens) or tokens[i + 2] in (",", "(", ")"):
-                    value = ""
-                    i += 2
-                else:
-                    value = tokens[i + 2]
-                    i += 3
-                reqs.append(Requirement(key, Operator.NOT_EQUALS, (value,)))
+                op = Operator.NOT_EQUALS if nxt == "!=" else Operator.EQUALS
+                reqs.append(Requirement(key, op, (value,)))
             elif nxt in ("in", "notin"):
                 if i + 2 >= len(tokens) or tokens[i + 2] != "(":
                     raise fail(f"expected '(' after {nxt}")

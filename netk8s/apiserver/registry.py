@@ -23,14 +23,27 @@ from typing import Any, Callable
 
 from netk8s.api import meta
 from netk8s.api.defaults import apply_defaults
-from netk8s.api.resources import RESOURCES, ResourceType, by_kind, by_plural
+from netk8s.api.resources import (
+    NAMESPACES,
+    PODS,
+    RESOURCES,
+    SERVICES,
+    ResourceType,
+    by_kind,
+)
 from netk8s.api.selectors import FieldSelector, LabelSelector
 from netk8s.api.validation import ErrorType, FieldError, validate
 from netk8s.apiserver import status as st
 from netk8s.apiserver.patch import PatchError, apply_patch
 from netk8s.controllers.allocators import AllocationError, IPAllocator, PortAllocator
 from netk8s.store import (
-    ConflictError, EventType, KeyExistsError, KeyNotFoundError, Store, TooOldError, WatchEvent,
+    ConflictError,
+    EventType,
+    KeyExistsError,
+    KeyNotFoundError,
+    Store,
+    TooOldError,
+    WatchEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +92,7 @@ class Registry:
     # -- start-up -------------------------------------------------------------
 
     def _rebuild_allocations(self) -> None:
-        services, _ = self.store.list(by_plural("", "services").storage_prefix())  # type: ignore[union-attr]
+        services, _ = self.store.list(SERVICES.storage_prefix())  # type: ignore[union-attr]
         for svc in services:
             for ip in self._cluster_ips_of(svc):
                 self.cluster_ips.occupy(ip)
@@ -88,11 +101,9 @@ class Registry:
                     self.node_ports.occupy(int(port["nodePort"]))
 
     def _ensure_system_namespaces(self) -> None:
-        ns_res = by_plural("", "namespaces")
-        assert ns_res is not None
         for name in SYSTEM_NAMESPACES:
-            if self.store.get(ns_res.storage_key(name)) is None:
-                self.create(ns_res, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+            if self.store.get(NAMESPACES.storage_key(name)) is None:
+                self.create(NAMESPACES, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
     # -- reads -----------------------------------------------------------------
 
@@ -211,9 +222,7 @@ class Registry:
     def _require_namespace(self, resource: ResourceType, namespace: str) -> None:
         if not resource.namespaced:
             return
-        ns_res = by_plural("", "namespaces")
-        assert ns_res is not None
-        ns = self.store.get(ns_res.storage_key(namespace))
+        ns = self.store.get(NAMESPACES.storage_key(namespace))
         if ns is None:
             raise st.namespace_not_found(namespace)
         if (ns.get("status") or {}).get("phase") == "Terminating":
@@ -417,12 +426,10 @@ class Registry:
                         raise
 
     def bind(self, namespace: str, name: str, binding: Any) -> dict:
-        pods = by_plural("", "pods")
-        assert pods is not None
         if not isinstance(binding, dict) or not (binding.get("target") or {}).get("name"):
-            raise st.invalid(pods, name, [FieldError("target.name", ErrorType.REQUIRED)])
+            raise st.invalid(PODS, name, [FieldError("target.name", ErrorType.REQUIRED)])
         node = binding["target"]["name"]
-        current = self.get(pods, namespace, name)
+        current = self.get(PODS, namespace, name)
         if current["spec"].get("nodeName"):
             raise st.StatusError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": pod '
                                  f'{name} is already assigned to node "{current["spec"]["nodeName"]}"')
@@ -430,7 +437,7 @@ class Registry:
         new["spec"]["nodeName"] = node
         status = new.setdefault("status", {})
         status["conditions"] = meta.set_condition(status.get("conditions") or [], "PodScheduled", "True")
-        self.store.update(pods.storage_key(name, namespace), new)
+        self.store.update(PODS.storage_key(name, namespace), new)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     # -- Service allocations ---------------------------------------------------------

@@ -19,7 +19,12 @@ from typing import Any
 from aiohttp import web
 
 from netk8s.api.resources import ResourceType, all_groups, by_plural, resources_in
-from netk8s.api.selectors import FieldRequirement, FieldSelector, parse_field_selector, parse_label_selector
+from netk8s.api.selectors import (
+    FieldRequirement,
+    FieldSelector,
+    parse_field_selector,
+    parse_label_selector,
+)
 from netk8s.apiserver import status as st
 from netk8s.apiserver.registry import ListOptions, Registry
 from netk8s.errors import ValidationError

@@ -8,6 +8,7 @@ per thread; failures come back as ``ApiError`` carrying the server's Status;
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -27,6 +28,16 @@ PATCH_TYPES = {
 
 class ApiUnavailable(NetK8sError):
     """The API server could not be reached."""
+
+
+@contextlib.contextmanager
+def ignore_not_found() -> Iterator[None]:
+    """Swallow a 404 from the body: the object is already gone, which is what the caller wanted."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.code != 404:
+            raise
 
 
 class WatchStream:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import NODES
 from netk8s.apiserver.registry import Registry, RegistryConfig
 from netk8s.apiserver.server import ApiServer, listen
 from netk8s.client.apply import apply
@@ -43,7 +43,6 @@ from netk8s.topology import NetworkingMode, StoreKind, Topology, load_dict
 
 log = logging.getLogger("netk8s.daemon")
 
-NODES = by_plural("", "nodes")
 NODE_READY_TIMEOUT = 90.0
 
 
@@ -107,7 +106,7 @@ class ClusterDaemon:
         component.start()
 
     def _wait_nodes_ready(self) -> None:
-        assert self.client is not None and NODES is not None
+        assert self.client is not None
         wanted = {n.name for n in self.topology.nodes}
         deadline = time.monotonic() + NODE_READY_TIMEOUT
         while True:

@@ -19,7 +19,13 @@ import sys
 import time
 
 from netk8s.api import meta
-from netk8s.cluster.state import ClusterRecord, Phase, StateDir, check_cluster_name, list_clusters
+from netk8s.cluster.state import (
+    ClusterRecord,
+    Phase,
+    StateDir,
+    check_cluster_name,
+    list_clusters,
+)
 from netk8s.cluster.teardown import TeardownReport, teardown
 from netk8s.emulator.network import preflight
 from netk8s.errors import ClusterExistsError, NetK8sError, NotFoundError, UserError
@@ -63,6 +69,15 @@ def up(topology: Topology, timeout: float = UP_TIMEOUT) -> ClusterRecord:
         daemon = subprocess.Popen([sys.executable, "-m", "netk8s.cluster.daemon", str(state.path)],
                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                   start_new_session=True, close_fds=True)
+    try:
+        return _wait_running(state, daemon, timeout)
+    except KeyboardInterrupt:
+        # Interrupted while waiting: do not leave a half-started cluster behind.
+        down(topology.name)
+        raise
+
+
+def _wait_running(state: StateDir, daemon: subprocess.Popen, timeout: float) -> ClusterRecord:
     deadline = time.monotonic() + timeout
     while True:
         record = state.read()
@@ -78,8 +93,8 @@ def up(topology: Topology, timeout: float = UP_TIMEOUT) -> ClusterRecord:
             else:
                 reason = f"the cluster did not come up within {timeout:.0f}s"
             log_copy = _keep_log(state)
-            down(topology.name)
-            raise NetK8sError(f"cluster {topology.name} failed to start: {reason} (log: {log_copy})")
+            down(state.name)
+            raise NetK8sError(f"cluster {state.name} failed to start: {reason} (log: {log_copy})")
         time.sleep(0.1)
 
 

@@ -6,8 +6,20 @@ the file-based host-local allocator, ``plugin`` the kernel side of the plugin,
 plugin chain in a node's namespace.
 """
 
-from netk8s.cni.invoker import Attachment, CniFailure, CniInvoker, load_conflist, node_conflist
-from netk8s.cni.types import CNI_VERSION, PLUGIN_TYPE, SUPPORTED_VERSIONS, CNIError, ErrorCode
+from netk8s.cni.invoker import (
+           Attachment,
+           CniFailure,
+           CniInvoker,
+           load_conflist,
+           node_conflist,
+)
+from netk8s.cni.types import (
+           CNI_VERSION,
+           PLUGIN_TYPE,
+           SUPPORTED_VERSIONS,
+           CNIError,
+           ErrorCode,
+)
 
 __all__ = ["Attachment", "CniFailure", "CniInvoker", "load_conflist", "node_conflist", "CNI_VERSION",
            "PLUGIN_TYPE", "SUPPORTED_VERSIONS", "CNIError", "ErrorCode"]

@@ -15,14 +15,13 @@ import ipaddress
 import logging
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import NODES
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ApiClient
 from netk8s.kernel.routes import sync_routes
 
 log = logging.getLogger(__name__)
 
-NODES = by_plural("", "nodes")
 
 
 def desired_routes(nodes: list[dict], own_node: str | None,
@@ -54,7 +53,6 @@ class HostGwAgent(Controller):
         self.name = f"hostgw-{netns_name}"
 
     def setup(self) -> None:
-        assert NODES is not None
         self.nodes = self.informer(NODES)
         self.nodes.add_handler(lambda e, o, n: self.queue.add("routes"))
 

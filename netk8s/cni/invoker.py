@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netk8s.cni.types import PLUGIN_TYPE, CNIError, Command, valid_identifier, version_at_least, version_tuple
+from netk8s.cni.types import (
+    PLUGIN_TYPE,
+    CNIError,
+    Command,
+    valid_identifier,
+    version_at_least,
+    version_tuple,
+)
 from netk8s.errors import NetK8sError, ValidationError
 from netk8s.kernel import netns
 

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from netk8s.cni.types import CNIError, ErrorCode, IPAddress, IPInterface, IpamRange, valid_identifier
+from netk8s.cni.types import (
+    CNIError,
+    ErrorCode,
+    IPAddress,
+    IpamRange,
+    IPInterface,
+    valid_identifier,
+)
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,9 @@ def main() -> int:
     stdin = _read_stdin()
     version = peek_version(stdin) if stdin else CNI_VERSION
     try:
-        from netk8s.cni import plugin  # imported late so a broken install still answers in CNI form
+        from netk8s.cni import (
+            plugin,  # imported late so a broken install still answers in CNI form
+        )
 
         result = plugin.execute(os.environ, stdin)
     except CNIError as exc:

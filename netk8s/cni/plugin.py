@@ -36,9 +36,26 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netk8s.cni.ipam import Allocation, HostLocalIpam
-from netk8s.cni.types import (CniEnv, CNIError, Command, ErrorCode, Interface, IPInterface, IpConfig, IPNetwork,
-                              NetConf, Result, Route, masq_chain_name, masq_rules, parse_command, parse_config,
-                              parse_env, result_routes, version_json)
+from netk8s.cni.types import (
+    CniEnv,
+    CNIError,
+    Command,
+    ErrorCode,
+    Interface,
+    IpConfig,
+    IPInterface,
+    IPNetwork,
+    NetConf,
+    Result,
+    Route,
+    masq_chain_name,
+    masq_rules,
+    parse_command,
+    parse_config,
+    parse_env,
+    result_routes,
+    version_json,
+)
 from netk8s.errors import KernelError
 from netk8s.kernel import netns
 

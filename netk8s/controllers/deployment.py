@@ -15,14 +15,13 @@ import json
 import logging
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import DEPLOYMENTS, REPLICASETS
 from netk8s.client.controller import Controller
+from netk8s.client.rest import ignore_not_found
 from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENTS = by_plural("apps", "deployments")
-REPLICASETS = by_plural("apps", "replicasets")
 HASH_LABEL = "pod-template-hash"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 
@@ -54,7 +53,6 @@ class DeploymentController(Controller):
     name = "deployment-controller"
 
     def setup(self) -> None:
-        assert DEPLOYMENTS is not None and REPLICASETS is not None
         self.deployments = self.informer(DEPLOYMENTS)
         self.replicasets = self.informer(REPLICASETS)
         self.deployments.add_handler(lambda e, o, n: self.queue.add(meta.key_of(n or o)))  # type: ignore[arg-type]
@@ -68,7 +66,6 @@ class DeploymentController(Controller):
             self.queue.add(f"{meta.namespace_of(rs)}/{ref.get('name')}")
 
     def sync(self, key: str) -> None:
-        assert DEPLOYMENTS is not None and REPLICASETS is not None
         deploy = self.deployments.get(key)
         if deploy is None or (deploy.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -99,7 +96,6 @@ class DeploymentController(Controller):
         self._update_status(deploy, new_rs, old_rss)
 
     def _create_replicaset(self, deploy: dict, pod_hash: str, replicas: int, revision: int) -> dict:
-        assert REPLICASETS is not None
         spec = deploy.get("spec") or {}
         template = copy.deepcopy(spec.get("template") or {})
         tmeta = template.setdefault("metadata", {})
@@ -127,26 +123,20 @@ class DeploymentController(Controller):
         return created
 
     def _scale(self, rs: dict, replicas: int) -> dict:
-        assert REPLICASETS is not None
         log.info("scaling replicaset %s to %d", meta.key_of(rs), replicas)
         return self.client.patch(REPLICASETS, meta.name_of(rs), {"spec": {"replicas": replicas}},
                                  meta.namespace_of(rs))
 
     def _prune_history(self, deploy: dict, old_rss: list[dict]) -> None:
-        assert REPLICASETS is not None
         limit = int((deploy.get("spec") or {}).get("revisionHistoryLimit", 10))
         idle = [rs for rs in old_rss if int((rs.get("spec") or {}).get("replicas", 0)) == 0
                 and int((rs.get("status") or {}).get("replicas", 0)) == 0]
         idle.sort(key=_revision)
         for rs in idle[:max(len(idle) - limit, 0)]:
-            try:
+            with ignore_not_found():
                 self.client.delete(REPLICASETS, meta.name_of(rs), meta.namespace_of(rs))
-            except ApiError as exc:
-                if exc.code != 404:
-                    raise
 
     def _update_status(self, deploy: dict, new_rs: dict | None, old_rss: list[dict]) -> None:
-        assert DEPLOYMENTS is not None
         all_rs = ([new_rs] if new_rs else []) + old_rss
 
         def total(field: str) -> int:
@@ -187,20 +177,14 @@ class DeploymentController(Controller):
         if new_rs and _revision(new_rs) != _revision(deploy):
             annotations = dict((deploy.get("metadata") or {}).get("annotations") or {})
             annotations[REVISION_ANNOTATION] = str(_revision(new_rs))
-            try:
+            with ignore_not_found():
                 self.client.patch(DEPLOYMENTS, meta.name_of(deploy), {"metadata": {"annotations": annotations}},
                                   meta.namespace_of(deploy))
-            except ApiError as exc:
-                if exc.code != 404:
-                    raise
         if _same_status(deploy.get("status") or {}, status):
             return
-        try:
+        with ignore_not_found():
             self.client.patch(DEPLOYMENTS, meta.name_of(deploy), {"status": status}, meta.namespace_of(deploy),
                               subresource="status")
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
 
 
 def _same_status(old: dict, new: dict) -> bool:

@@ -15,16 +15,15 @@ import logging
 from dataclasses import dataclass
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import ENDPOINTSLICES, PODS, SERVICES
 from netk8s.api.selectors import LabelSelector
 from netk8s.client.controller import Controller
+from netk8s.client.rest import ignore_not_found
 from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-PODS = by_plural("", "pods")
-SERVICES = by_plural("", "services")
-SLICES = by_plural("discovery.k8s.io", "endpointslices")
+SLICES = ENDPOINTSLICES
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "endpointslice-controller.k8s.io"
@@ -110,7 +109,6 @@ class EndpointSliceController(Controller):
     name = "endpointslice-controller"
 
     def setup(self) -> None:
-        assert PODS is not None and SERVICES is not None and SLICES is not None
         self.services = self.informer(SERVICES)
         self.pods = self.informer(PODS)
         self.slices = self.informer(SLICES, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}")
@@ -136,7 +134,6 @@ class EndpointSliceController(Controller):
             self.queue.add(f"{meta.namespace_of(obj)}/{svc_name}")
 
     def sync(self, key: str) -> None:
-        assert SLICES is not None
         ns, name = key.split("/", 1)
         service = self.services.get(key)
         existing = [s for s in self.slices.list()
@@ -185,9 +182,5 @@ class EndpointSliceController(Controller):
             self._delete(s)
 
     def _delete(self, slice_obj: dict) -> None:
-        assert SLICES is not None
-        try:
+        with ignore_not_found():
             self.client.delete(SLICES, meta.name_of(slice_obj), meta.namespace_of(slice_obj))
-        except ApiError as exc:
-            if exc.code != 404:
-                raise

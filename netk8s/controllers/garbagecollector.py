@@ -12,14 +12,21 @@ from __future__ import annotations
 import logging
 
 from netk8s.api import meta
-from netk8s.api.resources import ResourceType, by_kind, by_plural
+from netk8s.api.resources import (
+    ENDPOINTSLICES,
+    PODS,
+    REPLICASETS,
+    ResourceType,
+    by_kind,
+)
 from netk8s.client.controller import Controller
+from netk8s.client.rest import ignore_not_found
 from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 # Kinds that netk8s controllers create with owners.
-_DEPENDENTS = (by_plural("", "pods"), by_plural("apps", "replicasets"), by_plural("discovery.k8s.io", "endpointslices"))
+_DEPENDENTS = (PODS, REPLICASETS, ENDPOINTSLICES)
 
 
 class GarbageCollector(Controller):
@@ -28,7 +35,6 @@ class GarbageCollector(Controller):
     def setup(self) -> None:
         self._by_plural: dict[str, ResourceType] = {}
         for resource in _DEPENDENTS:
-            assert resource is not None
             self._by_plural[resource.plural] = resource
             informer = self.informer(resource)
             informer.add_handler(self._handler(resource))
@@ -64,8 +70,5 @@ class GarbageCollector(Controller):
         if not refs or any(self._owner_exists(namespace, ref) for ref in refs):
             return
         log.info("deleting %s %s/%s: its owners are gone", resource.kind, namespace, name)
-        try:
+        with ignore_not_found():
             self.client.delete(resource, name, namespace or None, propagation="Background")
-        except ApiError as exc:
-            if exc.code != 404:
-                raise

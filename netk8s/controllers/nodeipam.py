@@ -13,7 +13,7 @@ import logging
 import threading
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import NODES
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ApiClient
 from netk8s.controllers.allocators import CIDRAllocator
@@ -21,7 +21,6 @@ from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-NODES = by_plural("", "nodes")
 
 
 class NodeIpamController(Controller):
@@ -34,7 +33,6 @@ class NodeIpamController(Controller):
         self._seeded = False
 
     def setup(self) -> None:
-        assert NODES is not None
         self.nodes = self.informer(NODES)
         self.nodes.add_handler(self._on_node)
 
@@ -57,7 +55,6 @@ class NodeIpamController(Controller):
         self._seeded = True
 
     def sync(self, key: str) -> None:
-        assert NODES is not None
         node = self.nodes.get(key)
         if node is None or (node.get("spec") or {}).get("podCIDR"):
             return

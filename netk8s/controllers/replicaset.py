@@ -16,15 +16,14 @@ import threading
 import time
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import PODS, REPLICASETS
 from netk8s.api.selectors import LabelSelector
 from netk8s.client.controller import Controller
+from netk8s.client.rest import ignore_not_found
 from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-PODS = by_plural("", "pods")
-REPLICASETS = by_plural("apps", "replicasets")
 _EXPECTATION_TTL = 30.0
 
 
@@ -59,7 +58,6 @@ class ReplicaSetController(Controller):
     name = "replicaset-controller"
 
     def setup(self) -> None:
-        assert PODS is not None and REPLICASETS is not None
         self.replicasets = self.informer(REPLICASETS)
         self.pods = self.informer(PODS)
         self.replicasets.add_handler(lambda e, o, n: self.queue.add(meta.key_of(n or o)))  # type: ignore[arg-type]
@@ -106,7 +104,6 @@ class ReplicaSetController(Controller):
             table.setdefault(key, {})[name] = time.monotonic() + _EXPECTATION_TTL
 
     def sync(self, key: str) -> None:
-        assert PODS is not None and REPLICASETS is not None
         rs = self.replicasets.get(key)
         if rs is None:
             with self._lock:
@@ -148,24 +145,19 @@ class ReplicaSetController(Controller):
         elif diff < 0 and not pending_adds:
             for pod in sorted(owned, key=_deletion_rank)[:-diff]:
                 self._expect(self._pending_deletes, key, meta.name_of(pod))
-                try:
+                with ignore_not_found():
                     self.client.delete(PODS, meta.name_of(pod), ns)
-                except ApiError as exc:
-                    if exc.code != 404:
-                        raise
                 log.info("%s: deleted pod %s", key, meta.name_of(pod))
                 owned = [p for p in owned if meta.name_of(p) != meta.name_of(pod)]
         self._update_status(rs, owned)
 
     def _adopt(self, rs: dict, pod: dict) -> dict:
-        assert PODS is not None
         refs = list((pod.get("metadata") or {}).get("ownerReferences") or []) + [meta.owner_reference(rs)]
         patch = {"metadata": {"ownerReferences": refs, "resourceVersion": pod["metadata"]["resourceVersion"]}}
         log.info("%s: adopting pod %s", meta.key_of(rs), meta.name_of(pod))
         return self.client.patch(PODS, meta.name_of(pod), patch, meta.namespace_of(pod))
 
     def _update_status(self, rs: dict, pods: list[dict]) -> None:
-        assert REPLICASETS is not None
         template_labels = (((rs.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
         ready = [p for p in pods if meta.pod_is_ready(p)]
         status = {
@@ -179,9 +171,6 @@ class ReplicaSetController(Controller):
         current = rs.get("status") or {}
         if all(current.get(k, 0) == v for k, v in status.items()):
             return
-        try:
+        with ignore_not_found():
             self.client.patch(REPLICASETS, meta.name_of(rs), {"status": status}, meta.namespace_of(rs),
                               subresource="status")
-        except ApiError as exc:
-            if exc.code != 404:
-                raise

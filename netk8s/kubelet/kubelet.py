@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import NODES, PODS
+from netk8s.client.controller import Controller
+from netk8s.client.rest import ApiClient, ignore_not_found
 from netk8s.cluster.naming import pod_netns
 from netk8s.cluster.state import StateDir
 from netk8s.cni.invoker import Attachment, CniInvoker, node_conflist
-from netk8s.client.controller import Controller
-from netk8s.client.rest import ApiClient
 from netk8s.errors import ApiError, NetK8sError
 from netk8s.kernel import netns
 from netk8s.kubelet.images import ImageNotFound, PodContext, command_for
@@ -39,8 +39,6 @@ from netk8s.topology import NodeRole, NodeSpec
 
 log = logging.getLogger(__name__)
 
-PODS = by_plural("", "pods")
-NODES = by_plural("", "nodes")
 KUBELET_VERSION = "v1.32.0-netk8s"
 CNI_NETWORK_NAME = "netk8s"
 BACKOFF_INITIAL = 10.0
@@ -163,7 +161,6 @@ class Kubelet(Controller):
         return meta.set_condition(conditions, "Ready", "True" if ready else "False", reason, message, heartbeat=True)
 
     def register(self) -> None:
-        assert NODES is not None
         node = self._node_object()
         try:
             self.client.create(NODES, node)
@@ -185,7 +182,6 @@ class Kubelet(Controller):
             self._setup_network(ipaddress.IPv4Network(cidr))
 
     def _setup_network(self, pod_cidr: ipaddress.IPv4Network) -> None:
-        assert NODES is not None
         cni_dir = self.config.state.cni_dir(self.node_name)
         conflist = node_conflist(CNI_NETWORK_NAME, pod_cidr, cni_dir / "networks", self.config.mtu,
                                  plugin_type=self.config.cni_plugin)
@@ -200,7 +196,6 @@ class Kubelet(Controller):
             self.queue.add(meta.key_of(pod))
 
     def _report_node_status(self) -> None:
-        assert NODES is not None
         ready = self._network_ready.is_set()
         try:
             current = self.client.get(NODES, self.node_name)
@@ -225,7 +220,6 @@ class Kubelet(Controller):
     # -- controller plumbing ----------------------------------------------------------------
 
     def setup(self) -> None:
-        assert PODS is not None and NODES is not None
         self.pods = self.informer(PODS, field_selector=f"spec.nodeName={self.node_name}")
         self.own_node = self.informer(NODES, field_selector=f"metadata.name={self.node_name}")
         self.pods.add_handler(lambda e, o, n: self.queue.add(meta.key_of(n or o)))  # type: ignore[arg-type]
@@ -507,11 +501,7 @@ class Kubelet(Controller):
         sandbox.last_status = comparable
 
     def _patch_pod_status(self, pod: dict, status: dict) -> None:
-        assert PODS is not None
-        try:
+        with ignore_not_found():
             self.client.patch(PODS, meta.name_of(pod), {"status": status}, meta.namespace_of(pod),
                               subresource="status")
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
 

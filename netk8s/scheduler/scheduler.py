@@ -13,16 +13,14 @@ import logging
 import threading
 
 from netk8s.api import meta
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import NODES, PODS
 from netk8s.client.controller import Controller
-from netk8s.client.rest import ApiClient
+from netk8s.client.rest import ApiClient, ignore_not_found
 from netk8s.errors import ApiError
 from netk8s.scheduler.core import build_node_states, schedule
 
 log = logging.getLogger(__name__)
 
-PODS = by_plural("", "pods")
-NODES = by_plural("", "nodes")
 SCHEDULER_NAME = "default-scheduler"
 
 
@@ -35,7 +33,6 @@ class Scheduler(Controller):
         self._lock = threading.Lock()
 
     def setup(self) -> None:
-        assert PODS is not None and NODES is not None
         self.pods = self.informer(PODS)
         self.nodes = self.informer(NODES)
         self.pods.add_handler(self._on_pod)
@@ -103,11 +100,7 @@ class Scheduler(Controller):
             return
         conditions = meta.set_condition((pod.get("status") or {}).get("conditions") or [], "PodScheduled",
                                         "False", reason="Unschedulable", message=message)
-        assert PODS is not None
-        try:
+        with ignore_not_found():
             self.client.patch(PODS, meta.name_of(pod), {"status": {"conditions": conditions}},
                               meta.namespace_of(pod), subresource="status")
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
         log.info("pod %s is unschedulable: %s", meta.key_of(pod), message)

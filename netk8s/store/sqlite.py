@@ -20,7 +20,13 @@ from collections import deque
 from pathlib import Path
 
 from netk8s.store import (
-    ConflictError, EventType, KeyExistsError, KeyNotFoundError, TooOldError, WatchCallback, WatchEvent,
+    ConflictError,
+    EventType,
+    KeyExistsError,
+    KeyNotFoundError,
+    TooOldError,
+    WatchCallback,
+    WatchEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +127,16 @@ class SQLiteStore:
         self._revision = revision
         return revision
 
+    def _existing_bucket(self, key: str, expected_revision: int | None) -> dict[str, dict]:
+        """The bucket holding ``key``, after the existence and revision preconditions."""
+        bucket = self._buckets.get(_bucket_of(key), {})
+        if key not in bucket:
+            raise KeyNotFoundError(key)
+        current = self._revisions[key]
+        if expected_revision is not None and expected_revision != current:
+            raise ConflictError(key, expected_revision, current)
+        return bucket
+
     def create(self, key: str, obj: dict) -> dict:
         with self._lock:
             bucket = self._buckets.setdefault(_bucket_of(key), {})
@@ -134,12 +150,7 @@ class SQLiteStore:
 
     def update(self, key: str, obj: dict, expected_revision: int | None = None) -> dict:
         with self._lock:
-            bucket = self._buckets.get(_bucket_of(key), {})
-            if key not in bucket:
-                raise KeyNotFoundError(key)
-            current = self._revisions[key]
-            if expected_revision is not None and expected_revision != current:
-                raise ConflictError(key, expected_revision, current)
+            bucket = self._existing_bucket(key, expected_revision)
             revision = self._commit(key, obj)
             previous = bucket[key]
             bucket[key] = obj
@@ -149,12 +160,7 @@ class SQLiteStore:
 
     def delete(self, key: str, expected_revision: int | None = None) -> dict:
         with self._lock:
-            bucket = self._buckets.get(_bucket_of(key), {})
-            if key not in bucket:
-                raise KeyNotFoundError(key)
-            current = self._revisions[key]
-            if expected_revision is not None and expected_revision != current:
-                raise ConflictError(key, expected_revision, current)
+            bucket = self._existing_bucket(key, expected_revision)
             revision = self._commit(key, None)
             old = bucket.pop(key)
             del self._revisions[key]

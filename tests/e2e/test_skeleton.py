@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from netk8s.cluster.api import Cluster
-from netk8s.testing.plugin import unique_cluster_name
-
 from netk8s.testing.helpers import leftovers, namespaces_of, recorded_processes, run_cli
+from netk8s.testing.plugin import unique_cluster_name
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "topologies" / "apps" / "echo.yaml"
@@ -123,6 +122,18 @@ def test_bad_input_gives_one_line_and_exit_2(down_on_exit, tmp_path: Path) -> No
     name = unique_cluster_name("bi")
     down_on_exit(name)
     assert run_cli("up", "--name", name).code == 0
+    # A pod that names its node skips the scheduler, even onto the tainted control plane.
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: pinned}\nspec:\n  nodeName: control-plane\n"
+                      "  containers: [{name: c, image: netk8s/echo}]\n")
+    assert run_cli("--cluster", name, "apply", "-f", str(pinned)).code == 0
+    cluster = Cluster.attach(name)
+    cluster.wait_ready("pod", "pinned", timeout=60)
+    pod = cluster.get("pod", "pinned")
+    assert pod["spec"]["nodeName"] == "control-plane" and pod["status"]["podIP"].startswith("10.244.")
+    ran = cluster.exec("pinned", ["ip", "-4", "-o", "addr", "show", "dev", "eth0"], check=True)
+    assert pod["status"]["podIP"] + "/24" in ran.stdout
+
     missing = run_cli("--cluster", name, "exec", "nope", "--", "true")
     assert missing.code == 2
     assert missing.stderr.strip() == 'error: pods "nope" not found in namespace "default"'

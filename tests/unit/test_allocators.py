@@ -7,7 +7,12 @@ import random
 
 import pytest
 
-from netk8s.controllers.allocators import AllocationError, CIDRAllocator, IPAllocator, PortAllocator
+from netk8s.controllers.allocators import (
+    AllocationError,
+    CIDRAllocator,
+    IPAllocator,
+    PortAllocator,
+)
 
 
 def test_ip_allocator_never_hands_out_reserved_network_or_broadcast() -> None:

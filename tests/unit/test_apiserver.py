@@ -7,14 +7,12 @@ import time
 
 import pytest
 
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import NODES, PODS, REPLICASETS, SERVICES
 from netk8s.client.rest import ApiClient
 from netk8s.errors import ApiError
 
-PODS = by_plural("", "pods")
-SVCS = by_plural("", "services")
-NODES = by_plural("", "nodes")
-RS = by_plural("apps", "replicasets")
+SVCS = SERVICES
+RS = REPLICASETS
 
 
 def pod(name: str, labels: dict | None = None, **meta: object) -> dict:

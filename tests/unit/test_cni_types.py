@@ -14,9 +14,28 @@ import pytest
 
 from netk8s.cni import main as cni_main
 from netk8s.cni.invoker import Attachment, CniInvoker, load_conflist, node_conflist
-from netk8s.cni.types import (CNI_VERSION, SUPPORTED_VERSIONS, CNIError, Command, Dns, ErrorCode, Interface,
-                              IpConfig, Result, Route, masq_chain_name, masq_comment, masq_rules, parse_cni_args,
-                              parse_config, parse_env, parse_result, peek_version, result_routes, version_json)
+from netk8s.cni.types import (
+    CNI_VERSION,
+    SUPPORTED_VERSIONS,
+    CNIError,
+    Command,
+    Dns,
+    ErrorCode,
+    Interface,
+    IpConfig,
+    Result,
+    Route,
+    masq_chain_name,
+    masq_comment,
+    masq_rules,
+    parse_cni_args,
+    parse_config,
+    parse_env,
+    parse_result,
+    peek_version,
+    result_routes,
+    version_json,
+)
 from netk8s.errors import ValidationError
 
 BASE: dict[str, Any] = {

@@ -9,19 +9,24 @@ from typing import Callable, Iterator
 
 import pytest
 
-from netk8s.api.resources import by_plural
+from netk8s.api.resources import (
+    DEPLOYMENTS,
+    ENDPOINTSLICES,
+    NODES,
+    PODS,
+    REPLICASETS,
+    SERVICES,
+)
 from netk8s.client.rest import ApiClient
 from netk8s.controllers.deployment import template_hash
 from netk8s.controllers.endpointslice import desired_slices
 from netk8s.controllers.manager import ControllerManager
 from netk8s.scheduler.scheduler import Scheduler
 
-PODS = by_plural("", "pods")
-NODES = by_plural("", "nodes")
-SVCS = by_plural("", "services")
-DEPLOYS = by_plural("apps", "deployments")
-RS = by_plural("apps", "replicasets")
-SLICES = by_plural("discovery.k8s.io", "endpointslices")
+SVCS = SERVICES
+DEPLOYS = DEPLOYMENTS
+RS = REPLICASETS
+SLICES = ENDPOINTSLICES
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:

@@ -17,8 +17,13 @@ import time
 import pytest
 
 from netk8s.errors import NetK8sError
-from netk8s.kubelet.images import (ImageNotFound, PodContext, builtin_images, command_for,
-                                   image_repository)
+from netk8s.kubelet.images import (
+    ImageNotFound,
+    PodContext,
+    builtin_images,
+    command_for,
+    image_repository,
+)
 
 CTX = PodContext(pod_name="web-1", namespace="shop", node_name="worker1", pod_ip="10.244.1.7")
 ECHO_PREFIX = ["/py", "-m", "netk8s.kubelet.images.echo", "--pod", "web-1", "--namespace", "shop",

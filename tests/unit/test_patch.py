@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from netk8s.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from netk8s.apiserver.patch import (
+    PatchError,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from netk8s.client.apply import three_way_patch
 
 

@@ -13,7 +13,13 @@ from netk8s.errors import ValidationError
 from netk8s.proxy import iptables as ipt
 from netk8s.proxy.hashing import endpoint_chain, service_chain
 from netk8s.proxy.model import (
-    Endpoint, Protocol, ProxyConfig, ServicePort, ServiceType, build_endpoints, build_service_ports,
+    Endpoint,
+    Protocol,
+    ProxyConfig,
+    ServicePort,
+    ServiceType,
+    build_endpoints,
+    build_service_ports,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy_iptables_small.txt"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from netk8s.api.selectors import LabelSelector, parse_field_selector, parse_label_selector
+from netk8s.api.selectors import (
+    LabelSelector,
+    parse_field_selector,
+    parse_label_selector,
+)
 from netk8s.errors import ValidationError
 
 

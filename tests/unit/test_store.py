@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from netk8s.store import ConflictError, EventType, KeyExistsError, KeyNotFoundError, TooOldError
+from netk8s.store import (
+    ConflictError,
+    EventType,
+    KeyExistsError,
+    KeyNotFoundError,
+    TooOldError,
+)
 from netk8s.store.sqlite import SQLiteStore
 
 KEY = "/registry/core/pods/default/"
