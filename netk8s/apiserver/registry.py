@@ -92,7 +92,7 @@ class Registry:
     # -- start-up -------------------------------------------------------------
 
     def _rebuild_allocations(self) -> None:
-        services, _ = self.store.list(SERVICES.storage_prefix())  # type: ignore[union-attr]
+        services, _ = self.store.list(SERVICES.storage_prefix())
         for svc in services:
             for ip in self._cluster_ips_of(svc):
                 self.cluster_ips.occupy(ip)
@@ -119,7 +119,7 @@ class Registry:
             if req.path not in allowed:
                 raise st.bad_request(f'field label not supported: {req.path}')
 
-    def list(self, resource: ResourceType, namespace: str | None, options: ListOptions) -> dict:
+    def list_objects(self, resource: ResourceType, namespace: str | None, options: ListOptions) -> dict:
         self.check_field_selector(resource, options.field_selector)
         items, revision = self.store.list(resource.storage_prefix(namespace if resource.namespaced else None))
         selected = [

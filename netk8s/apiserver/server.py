@@ -214,7 +214,7 @@ class ApiServer:
                         options.field_selector.requirements + (FieldRequirement("metadata.name", name),)))
                 if is_watch:
                     return await self._watch(request, res, ns, options)
-                return _json_response(reg.list(res, ns, options))
+                return _json_response(reg.list_objects(res, ns, options))
             if sub not in (None, "status"):
                 raise st.method_not_allowed()
             return _json_response(reg.get(res, ns, name))
@@ -248,7 +248,7 @@ class ApiServer:
                                  dry_run: bool) -> web.Response:
         if "deletecollection" not in res.verbs:
             raise st.method_not_allowed()
-        listed = self.registry.list(res, ns, self._list_options(request))
+        listed = self.registry.list_objects(res, ns, self._list_options(request))
         deleted = []
         for obj in listed["items"]:
             md = obj["metadata"]

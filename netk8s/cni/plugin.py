@@ -122,7 +122,7 @@ def _link_kind(link: Any) -> str | None:
     return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
 
 
-def _run_undo(undo: Sequence[Callable[[], None]]) -> None:
+def _run_undo(undo: Sequence[Callable[[], object]]) -> None:
     for step in reversed(undo):
         try:
             step()
@@ -366,7 +366,7 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
             raise _ifname_exists(env)
     ipam = _ipam(conf)
     allocations = ipam.allocate(env.container_id, env.ifname)
-    undo: list[Callable[[], None]] = []
+    undo: list[Callable[[], object]] = []
     new_ips = [a.address.ip for a in allocations if a.new]
     if new_ips:
         undo.append(lambda: ipam.release(env.container_id, env.ifname, only=new_ips))

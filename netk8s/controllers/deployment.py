@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from typing import Any
 
 from netk8s.api import meta
 from netk8s.api.resources import DEPLOYMENTS, REPLICASETS
@@ -102,7 +103,7 @@ class DeploymentController(Controller):
         tmeta["labels"] = dict(tmeta.get("labels") or {}, **{HASH_LABEL: pod_hash})
         selector = copy.deepcopy(spec.get("selector") or {})
         selector["matchLabels"] = dict(selector.get("matchLabels") or {}, **{HASH_LABEL: pod_hash})
-        rs = {
+        rs: dict[str, Any] = {
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {
                 "name": f"{meta.name_of(deploy)}-{pod_hash}", "namespace": meta.namespace_of(deploy),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from netk8s.api import meta
 from netk8s.api.resources import ENDPOINTSLICES, PODS, SERVICES
@@ -88,13 +89,13 @@ def desired_slices(service: dict, pods: list[dict]) -> list[tuple[tuple[SlicePor
         status = pod.get("status") or {}
         if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
             continue
-        ports = []
+        pod_ports: list[SlicePort] = []
         for sp in spec.get("ports") or []:
             target = resolve_target_port(pod, sp)
             if target is not None:
-                ports.append(SlicePort(sp.get("name", ""), target, sp.get("protocol", "TCP")))
-        groups.setdefault(tuple(ports), []).append(_endpoint(pod, publish_not_ready))
-    out = []
+                pod_ports.append(SlicePort(sp.get("name", ""), target, sp.get("protocol", "TCP")))
+        groups.setdefault(tuple(pod_ports), []).append(_endpoint(pod, publish_not_ready))
+    out: list[tuple[tuple[SlicePort, ...], list[dict]]] = []
     for ports, endpoints in sorted(groups.items(), key=lambda kv: [p.to_api() for p in kv[0]].__repr__()):
         endpoints.sort(key=lambda e: tuple(int(x) for x in e["addresses"][0].split(".")))
         for i in range(0, len(endpoints), MAX_ENDPOINTS_PER_SLICE):
@@ -160,7 +161,7 @@ class EndpointSliceController(Controller):
                     updated.pop("ports", None)
                 self.client.update(SLICES, updated)
             else:
-                obj = {
+                obj: dict[str, Any] = {
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     # A name derived from the Service's uid and the slice's index (instead of
                     # generateName) makes a create retried before our cache caught up a 409, not a twin.

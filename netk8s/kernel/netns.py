@@ -18,9 +18,12 @@ import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from netk8s.errors import KernelError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def socket_in(name_or_path: str, family: int, kind: int, proto: int = 0) -> sock
 
 
 @contextlib.contextmanager
-def iproute(name_or_path: str | None = None) -> Iterator["IPRoute"]:  # noqa: F821
+def iproute(name_or_path: str | None = None) -> Iterator["IPRoute"]:
     """A pyroute2 IPRoute bound to the namespace (root namespace when None)."""
     from pyroute2 import IPRoute
 
