@@ -69,18 +69,31 @@ class ResourceType:
 
 _ALL = "all"
 
-NAMESPACES = ResourceType("", "v1", "Namespace", "namespaces", False, ("ns",), ("status", "finalize"),
-                          verbs=("create", "delete", "get", "list", "patch", "update", "watch"))
-NODES = ResourceType("", "v1", "Node", "nodes", False, ("no",), ("status",))
-PODS = ResourceType("", "v1", "Pod", "pods", True, ("po",), ("status", "binding"), categories=(_ALL,))
-SERVICES = ResourceType("", "v1", "Service", "services", True, ("svc",), ("status",),
-                        verbs=("create", "delete", "get", "list", "patch", "update", "watch"), categories=(_ALL,))
-DEPLOYMENTS = ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), ("status",),
-                           categories=(_ALL,))
-REPLICASETS = ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, ("rs",), ("status",), categories=(_ALL,))
-ENDPOINTSLICES = ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True)
+_NO_COLLECTION_DELETE = ("create", "delete", "get", "list", "patch", "update", "watch")
 
-RESOURCES: tuple[ResourceType, ...] = (NAMESPACES, NODES, PODS, SERVICES, DEPLOYMENTS, REPLICASETS, ENDPOINTSLICES)
+NAMESPACES = ResourceType("", "v1", "Namespace", "namespaces", False, ("ns",), ("status", "finalize"),
+                          verbs=_NO_COLLECTION_DELETE)
+NODES = ResourceType("", "v1", "Node", "nodes", False, ("no",), ("status",))
+PODS = ResourceType("", "v1", "Pod", "pods", True, ("po",), ("status", "binding", "log"), categories=(_ALL,))
+SERVICES = ResourceType("", "v1", "Service", "services", True, ("svc",), ("status",),
+                        verbs=_NO_COLLECTION_DELETE, categories=(_ALL,))
+ENDPOINTS = ResourceType("", "v1", "Endpoints", "endpoints", True, ("ep",))
+CONFIGMAPS = ResourceType("", "v1", "ConfigMap", "configmaps", True, ("cm",))
+SECRETS = ResourceType("", "v1", "Secret", "secrets", True)
+SERVICEACCOUNTS = ResourceType("", "v1", "ServiceAccount", "serviceaccounts", True, ("sa",))
+EVENTS = ResourceType("", "v1", "Event", "events", True, ("ev",))
+DEPLOYMENTS = ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), ("status", "scale"),
+                           categories=(_ALL,))
+REPLICASETS = ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, ("rs",), ("status", "scale"),
+                           categories=(_ALL,))
+ENDPOINTSLICES = ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True)
+NETWORKPOLICIES = ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True, ("netpol",))
+LEASES = ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True)
+
+RESOURCES: tuple[ResourceType, ...] = (
+    NAMESPACES, NODES, PODS, SERVICES, ENDPOINTS, CONFIGMAPS, SECRETS, SERVICEACCOUNTS, EVENTS,
+    DEPLOYMENTS, REPLICASETS, ENDPOINTSLICES, NETWORKPOLICIES, LEASES,
+)
 
 _BY_PLURAL: dict[tuple[str, str], ResourceType] = {(r.group, r.plural): r for r in RESOURCES}
 _BY_KIND: dict[tuple[str, str], ResourceType] = {(r.api_version, r.kind): r for r in RESOURCES}

@@ -58,6 +58,10 @@ _FIELD_LABELS: dict[str, tuple[str, ...]] = {
     "namespaces": ("status.phase",),
     "services": ("spec.clusterIP", "spec.type"),
     "endpointslices": ("addressType",),
+    "secrets": ("type",),
+    "events": ("involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+               "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+               "reason", "reportingComponent", "source", "type"),
 }
 
 # Resources whose main-resource updates ignore .status (they have a status subresource).
