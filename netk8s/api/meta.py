@@ -21,6 +21,12 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def later(seconds: float) -> str:
+    """RFC 3339 timestamp ``seconds`` from now (deletionTimestamp of a graceful deletion)."""
+    moment = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_time(value: str | None) -> _dt.datetime | None:
     if not value:
         return None

@@ -49,7 +49,7 @@ _MERGE_KEYS: dict[str, str] = {
 }
 
 
-def _merge_key(field: str, items: list) -> str | None:
+def merge_key(field: str, items: list) -> str | None:
     # Container ports merge on containerPort, Service ports on port.
     if field == "ports":
         for item in items:
@@ -73,8 +73,9 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         elif isinstance(value, list) and isinstance(result.get(key), list):
-            merge_key = _merge_key(key, value + result[key])
-            result[key] = _merge_list(result[key], value, merge_key) if merge_key else copy.deepcopy(value)
+            merge_key_name = merge_key(key, value + result[key])
+            result[key] = (_merge_list(result[key], value, merge_key_name) if merge_key_name
+                           else copy.deepcopy(value))
         else:
             result[key] = strategic_merge_patch(result.get(key), value)
     return result

@@ -31,8 +31,9 @@ from netk8s.api.resources import (
     ResourceType,
     by_kind,
 )
-from netk8s.api.selectors import FieldSelector, LabelSelector
+from netk8s.api.selectors import FieldRequirement, FieldSelector, LabelSelector
 from netk8s.api.validation import ErrorType, FieldError, validate
+from netk8s.apiserver import apply as ssa
 from netk8s.apiserver import status as st
 from netk8s.apiserver.patch import PatchError, apply_patch
 from netk8s.controllers.allocators import AllocationError, IPAllocator, PortAllocator
@@ -64,6 +65,9 @@ _FIELD_LABELS: dict[str, tuple[str, ...]] = {
                "reason", "reportingComponent", "source", "type"),
 }
 
+# Field selector names that stand for another field path.
+_FIELD_ALIASES: dict[str, dict[str, str]] = {"events": {"source": "source.component"}}
+
 # Resources whose main-resource updates ignore .status (they have a status subresource).
 _STATUS_SPLIT = {r.plural for r in RESOURCES if "status" in r.subresources}
 
@@ -72,6 +76,8 @@ _STATUS_SPLIT = {r.plural for r in RESOURCES if "status" in r.subresources}
 class RegistryConfig:
     service_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/16")
     node_port_range: tuple[int, int] = (30000, 32767)
+    # DefaultTolerationSeconds admission: how long pods tolerate a not-ready/unreachable node.
+    default_toleration_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,10 @@ class Registry:
         first = self.config.service_subnet.network_address + 1
         self.cluster_ips = IPAllocator(self.config.service_subnet, reserved=[first])
         self.node_ports = PortAllocator(*self.config.node_port_range)
+        # owner uid -> keys of the objects naming it in ownerReferences (for cascading deletes)
+        self._dependents: dict[str, set[tuple[str, str]]] = {}
         self._rebuild_allocations()
+        self._rebuild_dependents()
         self._ensure_system_namespaces()
 
     # -- start-up -------------------------------------------------------------
@@ -103,6 +112,27 @@ class Registry:
             for port in svc.get("spec", {}).get("ports") or []:
                 if port.get("nodePort"):
                     self.node_ports.occupy(int(port["nodePort"]))
+
+    def _rebuild_dependents(self) -> None:
+        for resource in RESOURCES:
+            items, _ = self.store.list(resource.storage_prefix())
+            for obj in items:
+                self._index_owners(resource, None, obj)
+
+    def _index_owners(self, resource: ResourceType, old: dict | None, new: dict | None) -> None:
+        """Keep the owner -> dependents index in step with one object's change."""
+        def refs(obj: dict | None) -> set[str]:
+            return {r.get("uid", "") for r in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []}
+        obj = new or old
+        assert obj is not None
+        entry = (resource.plural, resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None))
+        before, after = refs(old), refs(new)
+        for uid in before - after:
+            self._dependents.get(uid, set()).discard(entry)
+            if not self._dependents.get(uid, True):
+                del self._dependents[uid]
+        for uid in after - before:
+            self._dependents.setdefault(uid, set()).add(entry)
 
     def _ensure_system_namespaces(self) -> None:
         for name in SYSTEM_NAMESPACES:
@@ -117,6 +147,14 @@ class Registry:
             raise st.not_found(resource, name)
         return obj
 
+    @staticmethod
+    def _resolve_aliases(resource: ResourceType, selector: FieldSelector) -> FieldSelector:
+        aliases = _FIELD_ALIASES.get(resource.plural)
+        if not aliases:
+            return selector
+        return FieldSelector(tuple(FieldRequirement(aliases.get(r.path, r.path), r.value, r.negate)
+                                   for r in selector.requirements))
+
     def check_field_selector(self, resource: ResourceType, selector: FieldSelector) -> None:
         allowed = ("metadata.name", "metadata.namespace") + _FIELD_LABELS.get(resource.plural, ())
         for req in selector.requirements:
@@ -125,10 +163,11 @@ class Registry:
 
     def list_objects(self, resource: ResourceType, namespace: str | None, options: ListOptions) -> dict:
         self.check_field_selector(resource, options.field_selector)
+        fields = self._resolve_aliases(resource, options.field_selector)
         items, revision = self.store.list(resource.storage_prefix(namespace if resource.namespaced else None))
         selected = [
             obj for obj in items
-            if options.label_selector.matches(meta.labels_of(obj)) and options.field_selector.matches(obj)
+            if options.label_selector.matches(meta.labels_of(obj)) and fields.matches(obj)
         ]
         selected.sort(key=lambda o: (meta.namespace_of(o), meta.name_of(o)))
         list_meta: dict[str, Any] = {"resourceVersion": str(revision)}
@@ -161,7 +200,7 @@ class Registry:
         """
         self.check_field_selector(resource, options.field_selector)
         prefix = resource.storage_prefix(namespace if resource.namespaced else None)
-        labels, fields = options.label_selector, options.field_selector
+        labels, fields = options.label_selector, self._resolve_aliases(resource, options.field_selector)
 
         def matches(obj: dict | None) -> bool:
             return obj is not None and labels.matches(meta.labels_of(obj)) and fields.matches(obj)
@@ -263,14 +302,17 @@ class Registry:
             obj["metadata"]["resourceVersion"] = ""
             return obj
         try:
-            return self.store.create(key, obj)
+            created = self.store.create(key, obj)
         except KeyExistsError:
             self._release(allocated)
             raise st.already_exists(resource, name) from None
+        self._index_owners(resource, None, created)
+        return created
 
     def _prepare_create(self, resource: ResourceType, obj: dict) -> None:
         if resource.kind == "Pod":
             obj["status"] = {"phase": "Pending", "qosClass": _qos_class(obj.get("spec") or {})}
+            _add_default_tolerations(obj.get("spec") or {}, self.config.default_toleration_seconds)
         elif resource.kind in ("Deployment", "ReplicaSet"):
             obj["status"] = {}
 
@@ -306,6 +348,11 @@ class Registry:
             self._release(allocated)
             raise st.conflict(resource, name) from None
         self._release_unused(resource, current, stored)
+        self._index_owners(resource, current, stored)
+        if (stored["metadata"].get("deletionTimestamp") and not stored["metadata"].get("finalizers")
+                and not _namespace_finalizers(resource, stored) and not _graceful_pod(resource, stored)):
+            # The last finalizer is gone: the deletion that was waiting for it completes now.
+            return self._remove(resource, stored, "Background")
         return stored
 
     def _merge_for_update(self, resource: ResourceType, current: dict, incoming: dict,
@@ -314,11 +361,15 @@ class Registry:
             new = copy.deepcopy(current)
             new["status"] = incoming.get("status", {})
             return new
+        if subresource == "finalize" and resource is NAMESPACES:
+            new = copy.deepcopy(current)
+            new.setdefault("spec", {})["finalizers"] = list((incoming.get("spec") or {}).get("finalizers") or [])
+            return new
         if subresource is not None:
             raise st.path_not_found(f"{resource.plural}/{subresource}")
         new = incoming
         md, cur_md = new["metadata"], current["metadata"]
-        for field in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
+        for field in ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds"):
             if field in cur_md:
                 md[field] = cur_md[field]
             else:
@@ -366,7 +417,9 @@ class Registry:
 
     def delete(self, resource: ResourceType, namespace: str | None, name: str,
                propagation: str = "Background", preconditions: dict | None = None,
-               dry_run: bool = False) -> dict:
+               dry_run: bool = False, grace_period: int | None = None) -> dict:
+        """Delete as kube-apiserver does: graceful for running pods (the kubelet finishes it),
+        deferred while finalizers remain, cascading to dependents per ``propagation``."""
         current = self.get(resource, namespace, name)
         if preconditions:
             if preconditions.get("uid") and preconditions["uid"] != meta.uid_of(current):
@@ -375,59 +428,202 @@ class Registry:
             if (preconditions.get("resourceVersion")
                     and preconditions["resourceVersion"] != current["metadata"].get("resourceVersion")):
                 raise st.conflict(resource, name)
+        if resource is NAMESPACES and name in SYSTEM_NAMESPACES[:3]:
+            raise st.StatusError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may '
+                                 "not be deleted")
         if dry_run:
             return current
-        if resource.kind == "Namespace":
-            if name in SYSTEM_NAMESPACES[:3]:
-                raise st.StatusError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may '
-                                     "not be deleted")
-            self._delete_namespace_contents(name)
+        md = current["metadata"]
+        finalizers = list(md.get("finalizers") or [])
+        if propagation == "Foreground" and self._dependents.get(meta.uid_of(current)) \
+                and "foregroundDeletion" not in finalizers:
+            finalizers.append("foregroundDeletion")
+        grace = self._grace_period(resource, current, grace_period)
+        if md.get("deletionTimestamp"):
+            # Already being deleted: only a shorter grace period (or grace 0 from the kubelet) changes things.
+            if grace == 0 and not finalizers and not _namespace_finalizers(resource, current):
+                return self._remove(resource, current, propagation)
+            if resource is PODS and grace < int(md.get("deletionGracePeriodSeconds") or 0):
+                return self._mark_deleting(resource, current, finalizers, grace)
+            return current
+        if finalizers or grace > 0 or _namespace_finalizers(resource, current):
+            marked = self._mark_deleting(resource, current, finalizers, grace)
+            if propagation == "Foreground":
+                self._delete_dependents(marked, "Foreground")
+            elif propagation == "Orphan":
+                self._orphan_dependents(marked)
+            return marked
+        return self._remove(resource, current, propagation)
+
+    @staticmethod
+    def _grace_period(resource: ResourceType, obj: dict, requested: int | None) -> int:
+        if resource is not PODS:
+            return 0
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+            return 0  # nothing runs it: nobody would finish a graceful deletion
+        grace = requested if requested is not None else spec.get("terminationGracePeriodSeconds", 30)
+        return max(int(grace), 0)
+
+    def _mark_deleting(self, resource: ResourceType, current: dict, finalizers: list[str], grace: int) -> dict:
+        new = copy.deepcopy(current)
+        md = new["metadata"]
+        md["deletionTimestamp"] = meta.later(grace)
+        md["deletionGracePeriodSeconds"] = grace
+        if finalizers:
+            md["finalizers"] = finalizers
+        if resource is NAMESPACES:
+            new.setdefault("status", {})["phase"] = "Terminating"
+        key = resource.storage_key(meta.name_of(current), meta.namespace_of(current) or None)
+        return self.store.update(key, new)
+
+    def _remove(self, resource: ResourceType, obj: dict, propagation: str) -> dict:
+        """Take the object out of the store, release what it held, then handle its dependents and owners."""
         try:
-            deleted = self.store.delete(resource.storage_key(name, namespace))
+            deleted = self.store.delete(resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None))
         except KeyNotFoundError:
-            raise st.not_found(resource, name) from None
-        if resource.kind == "Service":
-            self._release(self._allocations_of(current))
-        self._collect_dependents(current, propagation)
+            raise st.not_found(resource, meta.name_of(obj)) from None
+        self._index_owners(resource, obj, None)
+        if resource is SERVICES:
+            self._release(self._allocations_of(obj))
+        if propagation == "Orphan":
+            self._orphan_dependents(obj)
+        else:
+            self._delete_dependents(obj, "Background")
+        self._finish_foreground_owners(obj)
         return deleted
 
-    def _delete_namespace_contents(self, namespace: str) -> None:
-        for resource in RESOURCES:
-            if not resource.namespaced:
-                continue
-            items, _ = self.store.list(resource.storage_prefix(namespace))
-            for obj in items:
-                try:
-                    self.delete(resource, namespace, meta.name_of(obj))
-                except st.StatusError as exc:
-                    if exc.code != 404:
-                        raise
+    def _dependents_of(self, owner: dict) -> list[tuple[ResourceType, dict]]:
+        out = []
+        for plural, key in sorted(self._dependents.get(meta.uid_of(owner), ())):
+            obj = self.store.get(key)
+            resource = next((r for r in RESOURCES if r.plural == plural), None)
+            if obj is not None and resource is not None:
+                out.append((resource, obj))
+        return out
 
-    def _collect_dependents(self, owner: dict, propagation: str) -> None:
-        """Garbage-collect (or orphan) objects whose ownerReferences name ``owner``."""
+    def _delete_dependents(self, owner: dict, propagation: str) -> None:
         uid = meta.uid_of(owner)
-        namespace = meta.namespace_of(owner) or None
-        for resource in RESOURCES:
-            if namespace and not resource.namespaced:
+        for resource, obj in self._dependents_of(owner):
+            refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+            if any(r.get("uid") != uid for r in refs):
+                continue  # another owner keeps it alive
+            try:
+                self.delete(resource, meta.namespace_of(obj) or None, meta.name_of(obj), propagation)
+            except st.StatusError as exc:
+                if exc.code != 404:
+                    raise
+
+    def _orphan_dependents(self, owner: dict) -> None:
+        uid = meta.uid_of(owner)
+        for resource, obj in self._dependents_of(owner):
+            new = copy.deepcopy(obj)
+            new["metadata"]["ownerReferences"] = [
+                r for r in new["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+            stored = self.store.update(resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None), new)
+            self._index_owners(resource, obj, stored)
+
+    def _finish_foreground_owners(self, removed: dict) -> None:
+        """An owner deleted in the foreground goes once its last dependent has."""
+        for ref in (removed.get("metadata") or {}).get("ownerReferences") or []:
+            owner_type = by_kind(ref.get("apiVersion", ""), ref.get("kind", ""))
+            if owner_type is None:
                 continue
-            items, _ = self.store.list(resource.storage_prefix(namespace))
-            for obj in items:
-                refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-                if not any(ref.get("uid") == uid for ref in refs):
-                    continue
-                if propagation == "Orphan":
-                    new = copy.deepcopy(obj)
-                    new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
-                    self.store.update(resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None), new)
-                    continue
-                remaining = [r for r in refs if r.get("uid") != uid]
-                if remaining:
-                    continue  # another owner keeps it alive
-                try:
-                    self.delete(resource, meta.namespace_of(obj) or None, meta.name_of(obj), propagation)
-                except st.StatusError as exc:
-                    if exc.code != 404:
-                        raise
+            owner = self.store.get(owner_type.storage_key(ref.get("name", ""), meta.namespace_of(removed) or None))
+            if owner is None or meta.uid_of(owner) != ref.get("uid"):
+                continue
+            finalizers = (owner.get("metadata") or {}).get("finalizers") or []
+            if "foregroundDeletion" not in finalizers or self._dependents.get(meta.uid_of(owner)):
+                continue
+            new = copy.deepcopy(owner)
+            new["metadata"]["finalizers"] = [f for f in finalizers if f != "foregroundDeletion"]
+            if not new["metadata"]["finalizers"]:
+                del new["metadata"]["finalizers"]
+            self.update(owner_type, meta.namespace_of(owner) or None, meta.name_of(owner), new)
+
+    # -- scale subresource ---------------------------------------------------------------
+
+    def get_scale(self, resource: ResourceType, namespace: str | None, name: str) -> dict:
+        return _to_scale(self.get(resource, namespace, name))
+
+    def update_scale(self, resource: ResourceType, namespace: str | None, name: str, scale: Any,
+                     dry_run: bool = False) -> dict:
+        if not isinstance(scale, dict):
+            raise st.bad_request("the body of the request must be a Scale object")
+        replicas = (scale.get("spec") or {}).get("replicas", 0)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise st.StatusError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid '
+                                 f"value: {json.dumps(replicas)}: must be greater than or equal to 0",
+                                 {"name": name, "group": "autoscaling", "kind": "Scale",
+                                  "causes": [{"reason": "FieldValueInvalid", "field": "spec.replicas"}]})
+        current = copy.deepcopy(self.get(resource, namespace, name))
+        expected = (scale.get("metadata") or {}).get("resourceVersion")
+        if expected and expected != current["metadata"]["resourceVersion"]:
+            raise st.conflict(resource, name)
+        current["spec"]["replicas"] = replicas
+        return _to_scale(self.update(resource, namespace, name, current, dry_run=dry_run))
+
+    def patch_scale(self, resource: ResourceType, namespace: str | None, name: str, content_type: str, body: Any,
+                    dry_run: bool = False) -> dict:
+        scale = self.get_scale(resource, namespace, name)
+        try:
+            patched = apply_patch(content_type, scale, body)
+        except ValueError:
+            raise st.unsupported_media_type(content_type) from None
+        except PatchError as exc:
+            raise st.StatusError(422, "Invalid", f"the server rejected our request due to an error in our "
+                                 f"request: {exc}") from None
+        return self.update_scale(resource, namespace, name, patched, dry_run)
+
+    # -- server-side apply -----------------------------------------------------------------
+
+    def apply(self, resource: ResourceType, namespace: str | None, name: str, config: Any, manager: str,
+              force: bool = False, dry_run: bool = False) -> tuple[dict, bool]:
+        """Server-side apply of ``config`` by ``manager``; returns (object, created)."""
+        if not manager:
+            raise st.bad_request("PATCH requests with apply patch type must have a fieldManager query parameter")
+        if not isinstance(config, dict):
+            raise st.bad_request("the body of an apply patch must be an object")
+        config = copy.deepcopy(self._check_type(resource, config))
+        self._check_namespace(resource, namespace, config)
+        if config["metadata"].get("name", name) != name:
+            raise st.bad_request(f'the name of the object ({config["metadata"]["name"]}) does not match the '
+                                 f"name on the URL ({name})")
+        config["metadata"]["name"] = name
+        owned = set(ssa.field_paths(config))
+        entry = {"manager": manager, "operation": "Apply", "apiVersion": resource.api_version, "time": meta.now(),
+                 "fieldsType": "FieldsV1", "fieldsV1": ssa.to_fields_v1(owned)}
+        live = self.store.get(resource.storage_key(name, config["metadata"].get("namespace")))
+        if live is None:
+            obj = copy.deepcopy(config)
+            obj["metadata"]["managedFields"] = [entry]
+            return self.create(resource, namespace, obj, dry_run), True
+        managers = {m.get("manager", ""): ssa.from_fields_v1(m.get("fieldsV1") or {})
+                    for m in live["metadata"].get("managedFields") or [] if m.get("operation") == "Apply"}
+        previous = managers.pop(manager, set())
+        found = ssa.conflicts(config, live, managers)
+        if found and not force:
+            detail = "\n".join(f'- conflict with "{m}": {ssa.render_path(p)}' for m, p in found)
+            raise st.StatusError(409, "Conflict", f"Apply failed with {len(found)} conflict"
+                                 f"{'s' if len(found) > 1 else ''}: {detail}",
+                                 {"causes": [{"reason": "FieldManagerConflict", "message": f'conflict with "{m}"',
+                                              "field": ssa.render_path(p)} for m, p in found]})
+        others = set().union(*managers.values()) if managers else set()
+        if force:  # forced fields change hands
+            for m in managers:
+                managers[m] -= owned
+        merged = ssa.merge(live, config, previous, others)
+        kept = []
+        for e in live["metadata"].get("managedFields") or []:
+            other = e.get("manager", "")
+            if e.get("operation") == "Apply":
+                if other == manager or (other in managers and not managers[other]):
+                    continue  # replaced by the new entry, or lost every field to a forced apply
+                e = dict(e, fieldsV1=ssa.to_fields_v1(managers.get(other, set())))
+            kept.append(e)
+        merged["metadata"]["managedFields"] = kept + [entry]
+        merged["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        return self.update(resource, namespace, name, merged, dry_run=dry_run), False
 
     def bind(self, namespace: str, name: str, binding: Any) -> dict:
         if not isinstance(binding, dict) or not (binding.get("target") or {}).get("name"):
@@ -538,6 +734,42 @@ class Registry:
             self._release(taken)
             raise
         return taken
+
+
+def _to_scale(obj: dict) -> dict:
+    """The autoscaling/v1 Scale view of a Deployment or ReplicaSet."""
+    md = obj.get("metadata") or {}
+    selector = LabelSelector.from_dict((obj.get("spec") or {}).get("selector"))
+    return {
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in md},
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": str(selector)},
+    }
+
+
+def _namespace_finalizers(resource: ResourceType, obj: dict) -> bool:
+    """A Namespace is only removed once the namespace controller cleared spec.finalizers."""
+    return resource is NAMESPACES and bool((obj.get("spec") or {}).get("finalizers"))
+
+
+def _graceful_pod(resource: ResourceType, obj: dict) -> bool:
+    """A pod in graceful deletion stays until its kubelet deletes it with grace 0."""
+    return resource is PODS and int((obj.get("metadata") or {}).get("deletionGracePeriodSeconds") or 0) > 0
+
+
+_NOT_READY = "node.kubernetes.io/not-ready"
+_UNREACHABLE = "node.kubernetes.io/unreachable"
+
+
+def _add_default_tolerations(spec: dict, seconds: int) -> None:
+    """DefaultTolerationSeconds admission: tolerate not-ready/unreachable nodes for a while."""
+    tolerations = spec.setdefault("tolerations", [])
+    for key in (_NOT_READY, _UNREACHABLE):
+        if any((t.get("key") in (key, None, "") and t.get("operator") == "Exists" and not t.get("key"))
+               or (t.get("key") == key and t.get("effect") in (None, "", "NoExecute")) for t in tolerations):
+            continue
+        tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
 
 
 def _keep_allocated_values(current: dict, new: dict) -> None:

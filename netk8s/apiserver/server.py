@@ -14,11 +14,12 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from netk8s.api.resources import ResourceType, all_groups, by_plural, resources_in
+from netk8s.api.resources import PODS, ResourceType, all_groups, by_plural, resources_in
 from netk8s.api.selectors import (
     FieldRequirement,
     FieldSelector,
@@ -27,6 +28,7 @@ from netk8s.api.selectors import (
 )
 from netk8s.apiserver import status as st
 from netk8s.apiserver.registry import ListOptions, Registry
+from netk8s.cluster.naming import container_log_path
 from netk8s.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-netk8s", "gi
 # A watcher that falls this far behind is cut off; its client re-lists.
 _MAX_WATCH_BACKLOG = 20_000
 _DEFAULT_WATCH_TIMEOUT = 1800.0
+# Watches that asked for bookmarks get one after this long without events (kube-apiserver: about a minute).
+_BOOKMARK_INTERVAL = 60.0
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 def _dumps(obj: Any) -> str:
@@ -50,6 +55,42 @@ def _json_response(obj: Any, code: int = 200) -> web.Response:
 
 def _status_response(err: st.StatusError) -> web.Response:
     return _json_response(err.to_status(), err.code)
+
+
+def container_log(logs_dir: Path | None, pod: dict, container: str | None, previous: bool) -> Path:
+    """The log file ``kubectl logs`` asks for, with kube-apiserver's errors when there is none."""
+    name = pod["metadata"]["name"]
+    containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    if not container:
+        if len(containers) != 1:
+            raise st.bad_request(f"a container name must be specified for pod {name}, choose one of: "
+                                 f"[{' '.join(containers)}]")
+        container = containers[0]
+    if container not in containers:
+        raise st.bad_request(f"container {container} is not valid for pod {name}")
+    statuses = {c.get("name"): c for c in (pod.get("status") or {}).get("containerStatuses") or []}
+    status = statuses.get(container) or {}
+    restarts = int(status.get("restartCount", 0))
+    if previous:
+        if restarts == 0:
+            raise st.bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
+        restarts -= 1
+    path = container_log_path(logs_dir, pod, container, restarts) if logs_dir else None
+    if path is None or not path.exists():
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "ContainerCreating")
+        raise st.bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+    return path
+
+
+def _read_log(path: Path, tail: int | None, limit: int | None) -> bytes:
+    data = path.read_bytes()
+    if tail is not None:
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-tail:]) if tail > 0 else b""
+    if limit is not None:
+        data = data[:limit]
+    return data
 
 
 @dataclass(frozen=True)
@@ -84,8 +125,11 @@ def parse_target(group: str, version: str, tail: str) -> Target:
 
 
 class ApiServer:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, logs_dir: Path | None = None,
+                 bookmark_interval: float = _BOOKMARK_INTERVAL) -> None:
         self.registry = registry
+        self.logs_dir = logs_dir
+        self.bookmark_interval = bookmark_interval
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_get("/version", self._version)
         for path in ("/healthz", "/livez", "/readyz"):
@@ -187,6 +231,8 @@ class ApiServer:
         raw = await request.read()
         if not raw:
             return None
+        if request.content_type == "application/vnd.kubernetes.protobuf":
+            raise st.unsupported_media_type(request.content_type)
         try:
             return json.loads(raw)
         except ValueError:
@@ -206,6 +252,8 @@ class ApiServer:
         is_watch = q.get("watch") in ("1", "true", "True") or tail.lstrip("/").startswith("watch/")
         if res.namespaced is False:
             ns = None
+        if name is not None and sub in ("log", "scale", "binding"):
+            return await self._subresource(request, res, ns, name, sub, dry_run)
         if method == "GET":
             if name is None or is_watch:
                 options = self._list_options(request)
@@ -215,16 +263,11 @@ class ApiServer:
                 if is_watch:
                     return await self._watch(request, res, ns, options)
                 return _json_response(reg.list_objects(res, ns, options))
-            if sub not in (None, "status"):
-                raise st.method_not_allowed()
             return _json_response(reg.get(res, ns, name))
         if method == "POST":
-            body = await self._body(request)
-            if name is None:
-                return _json_response(reg.create(res, ns, body, dry_run), 201)
-            if sub == "binding" and res.plural == "pods":
-                return _json_response(reg.bind(ns or "default", name, body), 201)
-            raise st.method_not_allowed()
+            if name is not None:
+                raise st.method_not_allowed()
+            return _json_response(reg.create(res, ns, await self._body(request), dry_run), 201)
         if method == "PUT":
             if name is None:
                 raise st.method_not_allowed()
@@ -232,8 +275,14 @@ class ApiServer:
         if method == "PATCH":
             if name is None:
                 raise st.method_not_allowed()
-            return _json_response(reg.patch(res, ns, name, request.content_type, await self._body(request),
-                                             sub, dry_run))
+            body = await self._body(request)
+            if request.content_type == APPLY_PATCH:
+                if sub is not None:
+                    raise st.method_not_allowed("server-side apply of subresources is not supported")
+                obj, created = reg.apply(res, ns, name, body, q.get("fieldManager", ""),
+                                         q.get("force") in ("true", "1"), dry_run)
+                return _json_response(obj, 201 if created else 200)
+            return _json_response(reg.patch(res, ns, name, request.content_type, body, sub, dry_run))
         if method == "DELETE":
             if name is None:
                 return await self._delete_collection(request, res, ns, dry_run)
@@ -241,8 +290,68 @@ class ApiServer:
             propagation = q.get("propagationPolicy") or body.get("propagationPolicy") or "Background"
             if propagation not in ("Background", "Foreground", "Orphan"):
                 raise st.bad_request(f'unsupported propagationPolicy "{propagation}"')
-            return _json_response(reg.delete(res, ns, name, propagation, body.get("preconditions"), dry_run))
+            grace_text = q.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
+            try:
+                grace = None if grace_text in (None, "") else int(grace_text)
+            except (TypeError, ValueError):
+                raise st.bad_request(f"invalid gracePeriodSeconds {grace_text!r}") from None
+            dry_run = dry_run or body.get("dryRun") == ["All"]
+            return _json_response(reg.delete(res, ns, name, propagation, body.get("preconditions"), dry_run,
+                                             grace))
         raise st.method_not_allowed()
+
+    async def _subresource(self, request: web.Request, res: ResourceType, ns: str | None, name: str, sub: str,
+                           dry_run: bool) -> web.StreamResponse:
+        reg, method = self.registry, request.method
+        if sub == "binding" and method == "POST" and res is PODS:
+            return _json_response(reg.bind(ns or "default", name, await self._body(request)), 201)
+        if sub == "scale":
+            if method == "GET":
+                return _json_response(reg.get_scale(res, ns, name))
+            if method == "PUT":
+                return _json_response(reg.update_scale(res, ns, name, await self._body(request), dry_run))
+            if method == "PATCH":
+                return _json_response(reg.patch_scale(res, ns, name, request.content_type,
+                                                      await self._body(request), dry_run))
+        if sub == "log" and method == "GET" and res is PODS:
+            return await self._log(request, ns or "default", name)
+        raise st.method_not_allowed()
+
+    async def _log(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
+        q = request.query
+        pod = self.registry.get(PODS, namespace, name)
+        try:
+            tail = int(q["tailLines"]) if q.get("tailLines") else None
+            limit = int(q["limitBytes"]) if q.get("limitBytes") else None
+        except ValueError:
+            raise st.bad_request("tailLines and limitBytes must be integers") from None
+        path = container_log(self.logs_dir, pod, q.get("container"), q.get("previous") in ("true", "1"))
+        data = _read_log(path, tail, limit)
+        if q.get("follow") not in ("true", "1"):
+            return web.Response(body=data, content_type="text/plain")
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(data)
+        position = path.stat().st_size if path.exists() else 0
+        key = PODS.storage_key(name, namespace)
+        uid = pod["metadata"].get("uid")
+        try:
+            while not self._closing:
+                await asyncio.sleep(0.2)
+                current = self.registry.store.get(key)
+                if path.exists() and path.stat().st_size > position:
+                    with open(path, "rb") as f:
+                        f.seek(position)
+                        chunk = f.read()
+                    position += len(chunk)
+                    await response.write(chunk)
+                if current is None or current["metadata"].get("uid") != uid:
+                    break  # the pod is gone: its log ends
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
 
     async def _delete_collection(self, request: web.Request, res: ResourceType, ns: str | None,
                                  dry_run: bool) -> web.Response:
@@ -268,6 +377,7 @@ class ApiServer:
             timeout = float(q.get("timeoutSeconds") or _DEFAULT_WATCH_TIMEOUT)
         except ValueError:
             raise st.bad_request("resourceVersion and timeoutSeconds must be numbers") from None
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, dict] | None] = asyncio.Queue()
 
@@ -292,8 +402,15 @@ class ApiServer:
                     log.warning("watch on %s fell %d events behind; closing it", res.plural, queue.qsize())
                     break
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=remaining)
+                    item = await asyncio.wait_for(queue.get(), timeout=min(remaining, self.bookmark_interval)
+                                                  if bookmarks else remaining)
                 except asyncio.TimeoutError:
+                    if bookmarks and deadline - loop.time() > 0:
+                        # Nothing happened for a while: tell the client how far it is up to date.
+                        marker = {"kind": res.kind, "apiVersion": res.api_version,
+                                  "metadata": {"resourceVersion": str(self.registry.store.revision)}}
+                        await response.write((_dumps({"type": "BOOKMARK", "object": marker}) + "\n").encode())
+                        continue
                     break
                 if item is None:
                     break

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--container")
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-p", "--previous", action="store_true", help="the previous instance's log")
+    p.add_argument("--tail", type=int, default=None, help="lines from the end of the log (-1: all)")
 
     p = sub.add_parser("exec", parents=[common], help="run a command in a pod: netk8s exec POD -- CMD...")
     p.add_argument("pod")
@@ -268,26 +269,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from netk8s.api.resources import PODS
+
     cluster = _cluster(args)
-    pod = cluster.get("pods", args.pod, args.namespace)
-    containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
-    name = args.container or (containers[0] if len(containers) == 1 else None)
-    if name is None:
-        raise UserError(f'a container name must be specified for pod {args.pod}, choose one of: '
-                        f'[{" ".join(containers)}]')
-    if name not in containers:
-        raise UserError(f'container {name} is not valid for pod {args.pod}')
-    statuses = {s["name"]: s for s in (pod.get("status") or {}).get("containerStatuses") or []}
-    restarts = int(statuses.get(name, {}).get("restartCount", 0))
-    index = restarts - 1 if args.previous else restarts
-    if index < 0:
-        raise UserError(f'previous terminated container "{name}" in pod "{args.pod}" not found')
-    pod_dir = f"{args.namespace}_{args.pod}_{pod['metadata']['uid']}"
-    path = cluster.state.logs_dir / pod_dir / name / f"{index}.log"
-    try:
-        sys.stdout.write(path.read_text(errors="replace"))
-    except FileNotFoundError:
-        raise NetK8sError(f'container "{name}" in pod "{args.pod}" has no log yet') from None
+    path = PODS.object_path(args.pod, args.namespace) + "/log"
+    query = {"container": args.container, "previous": "true" if args.previous else None,
+             "tailLines": args.tail if args.tail is not None and args.tail >= 0 else None}
+    sys.stdout.write(cluster.client.get_text(path, query))
     return 0
 
 

@@ -111,6 +111,18 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
                 content_type: str = "application/json") -> Any:
+        status, data = self._raw(method, path, body, query, content_type)
+        return self._decode(status, data)
+
+    def get_text(self, path: str, query: dict[str, Any] | None = None) -> str:
+        """GET a non-JSON resource (pods/log); failures still come back as ApiError."""
+        status, data = self._raw("GET", path, None, query, "application/json")
+        if status >= 400:
+            self._decode(status, data)
+        return data.decode(errors="replace")
+
+    def _raw(self, method: str, path: str, body: Any, query: dict[str, Any] | None,
+             content_type: str) -> tuple[int, bytes]:
         url = path
         if query:
             params = {k: v for k, v in query.items() if v is not None and v != ""}
@@ -132,7 +144,7 @@ class ApiClient:
                 self._drop_connection()
                 if attempt == 2:
                     raise ApiUnavailable(f"cannot reach the API server at {self.server}: {exc}") from None
-        return self._decode(response.status, data)
+        return response.status, data
 
     @staticmethod
     def _decode(status: int, data: bytes) -> Any:
@@ -178,9 +190,16 @@ class ApiClient:
                             content_type=PATCH_TYPES[patch_type])
 
     def delete(self, resource: ResourceType, name: str, namespace: str | None = None,
-               propagation: str | None = None) -> dict:
-        return self.request("DELETE", resource.object_path(name, namespace),
-                            query={"propagationPolicy": propagation})
+               propagation: str | None = None, grace_period: int | None = None,
+               preconditions: dict | None = None) -> dict:
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if propagation:
+            body["propagationPolicy"] = propagation
+        if grace_period is not None:
+            body["gracePeriodSeconds"] = grace_period
+        if preconditions:
+            body["preconditions"] = preconditions
+        return self.request("DELETE", resource.object_path(name, namespace), body)
 
     def bind(self, namespace: str, pod_name: str, node_name: str) -> dict:
         body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod_name, "namespace": namespace},

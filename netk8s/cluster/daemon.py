@@ -66,7 +66,7 @@ class ClusterDaemon:
             raise NetK8sError(f"networking.mode: {topo.networking_mode.value} is not available yet; use host-gw")
         self.store = SQLiteStore(self.state.store_file)
         registry = Registry(self.store, RegistryConfig(topo.service_subnet, topo.node_port_range))
-        self.apiserver = ApiServer(registry)
+        self.apiserver = ApiServer(registry, logs_dir=self.state.logs_dir)
         sock = listen()
         self.apiserver.start_in_thread(sock)
         port = sock.getsockname()[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from netk8s.api import meta
 
 
@@ -13,3 +15,9 @@ def node_netns(cluster: str, name: str) -> str:
 def pod_netns(cluster: str, pod: dict) -> str:
     """Namespace of a pod: readable in `ip netns list`, unique across re-creations."""
     return f"nk-{cluster}-{meta.namespace_of(pod)}-{meta.name_of(pod)}-{meta.uid_of(pod)[:5]}"
+
+
+def container_log_path(logs_dir: Path, pod: dict, container: str, restart: int) -> Path:
+    """Where a container instance's stdout/stderr go, laid out like /var/log/pods on a node."""
+    pod_dir = f"{meta.namespace_of(pod)}_{meta.name_of(pod)}_{meta.uid_of(pod)}"
+    return logs_dir / pod_dir / container / f"{restart}.log"

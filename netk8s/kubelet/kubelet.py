@@ -26,14 +26,15 @@ from pathlib import Path
 from netk8s.api import meta
 from netk8s.api.resources import NODES, PODS
 from netk8s.client.controller import Controller
+from netk8s.client.events import NORMAL, WARNING, EventRecorder
 from netk8s.client.rest import ApiClient, ignore_not_found
-from netk8s.cluster.naming import pod_netns
+from netk8s.cluster.naming import container_log_path, pod_netns
 from netk8s.cluster.state import StateDir
 from netk8s.cni.invoker import Attachment, CniInvoker, node_conflist
 from netk8s.errors import ApiError, NetK8sError
 from netk8s.kernel import netns
 from netk8s.kubelet.images import ImageNotFound, PodContext, command_for
-from netk8s.kubelet.probes import ProbeState, run_probe
+from netk8s.kubelet.probes import ProbeResult, ProbeState, run_probe
 from netk8s.kubelet.runtime import ProcessRuntime, RunningProcess
 from netk8s.topology import NodeRole, NodeSpec
 
@@ -100,6 +101,7 @@ class Kubelet(Controller):
         self.config = config
         self.name = f"kubelet-{config.node.name}"
         self.runtime = ProcessRuntime(config.state)
+        self.recorder = EventRecorder(client, "kubelet", config.node.name)
         self._sandboxes: dict[str, PodSandbox] = {}
         self._lock = threading.RLock()
         self._cni: CniInvoker | None = None
@@ -237,6 +239,7 @@ class Kubelet(Controller):
         super().stop()
         for t in self._aux_threads:
             t.join(timeout=5)
+        self.recorder.stop()
 
     def shutdown_pods(self, grace: float = 2.0) -> None:
         """Stop every pod this kubelet runs (used on cluster teardown)."""
@@ -252,9 +255,12 @@ class Kubelet(Controller):
         with self._lock:
             sandbox = self._sandboxes.get(key)
         if sandbox is not None and (pod is None or meta.uid_of(pod) != sandbox.uid):
-            self._teardown(key, self._grace(pod))
+            self._teardown(key, self._grace(pod))  # force-deleted: stop what is left
             sandbox = None
-        if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        if pod is None:
+            return
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            self._terminate(pod, sandbox)
             return
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and sandbox is None:
             return
@@ -271,7 +277,25 @@ class Kubelet(Controller):
     def _grace(pod: dict | None) -> float:
         if pod is None:
             return 2.0
-        return float(min((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30), 30))
+        md = pod.get("metadata") or {}
+        seconds = md.get("deletionGracePeriodSeconds", (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        return float(seconds)
+
+    def _terminate(self, pod: dict, sandbox: PodSandbox | None) -> None:
+        """Graceful deletion: stop the containers within the grace period, then remove the pod
+        from the API (grace 0, guarded by its uid), as the kubelet does."""
+        if sandbox is not None:
+            for state in sandbox.containers:
+                if state.process is not None:
+                    self.recorder.event(pod, NORMAL, "Killing", f"Stopping container {state.name}")
+            self._teardown(sandbox.key, self._grace(pod))
+        with ignore_not_found():
+            try:
+                self.client.delete(PODS, meta.name_of(pod), meta.namespace_of(pod), grace_period=0,
+                                   preconditions={"uid": meta.uid_of(pod)})
+            except ApiError as exc:
+                if exc.code != 409:  # a newer pod of the same name: not ours to delete
+                    raise
 
     def _create_sandbox(self, pod: dict) -> PodSandbox | None:
         key = meta.key_of(pod)
@@ -342,8 +366,7 @@ class Kubelet(Controller):
         return env
 
     def _log_path(self, pod: dict, container: str, restart: int) -> Path:
-        pod_dir = f"{meta.namespace_of(pod)}_{meta.name_of(pod)}_{meta.uid_of(pod)}"
-        return self.config.state.logs_dir / pod_dir / container / f"{restart}.log"
+        return container_log_path(self.config.state.logs_dir, pod, container, restart)
 
     def _start_due_containers(self, pod: dict, sandbox: PodSandbox) -> None:
         now = time.monotonic()
@@ -351,9 +374,12 @@ class Kubelet(Controller):
         for state in sandbox.containers:
             if state.process is not None or state.finished or now < state.next_start:
                 continue
+            image = state.spec.get("image", "")
             try:
                 argv = command_for(state.spec, ctx)
             except ImageNotFound as exc:
+                if state.waiting_reason != "ErrImagePull":
+                    self.recorder.event(pod, WARNING, "Failed", f'Failed to pull image "{image}": {exc}')
                 state.waiting_reason, state.waiting_message = "ErrImagePull", str(exc)
                 continue
             restart = state.restart_count
@@ -366,6 +392,9 @@ class Kubelet(Controller):
                 continue
             state.started_at = meta.now()
             state.waiting_reason = state.waiting_message = ""
+            self.recorder.event(pod, NORMAL, "Pulled", f'Container image "{image}" already present on machine')
+            self.recorder.event(pod, NORMAL, "Created", f"Created container {state.name}")
+            self.recorder.event(pod, NORMAL, "Started", f"Started container {state.name}")
             if state.readiness is not None:
                 state.readiness = ProbeState(state.readiness.probe, time.monotonic())
 
@@ -428,6 +457,10 @@ class Kubelet(Controller):
                         state.next_start = now + state.backoff
                         state.restart_count += 1
                         state.waiting_reason = "CrashLoopBackOff" if state.backoff else ""
+                        if state.backoff and (pod := self.pods.get(sandbox.key)) is not None:
+                            self.recorder.event(pod, WARNING, "BackOff",
+                                                f"Back-off restarting failed container {state.name} in pod "
+                                                f"{meta.name_of(pod)}_{meta.namespace_of(pod)}({meta.uid_of(pod)})")
                     else:
                         state.finished = True
                     changed = True
@@ -436,6 +469,8 @@ class Kubelet(Controller):
                     container_ready_before = state.readiness.result
                     result, message = run_probe(state.readiness.probe, state.spec, sandbox.ip, self.config.netns,
                                                 sandbox.netns)
+                    if result is ProbeResult.FAILURE and (pod := self.pods.get(sandbox.key)) is not None:
+                        self.recorder.event(pod, WARNING, "Unhealthy", f"Readiness probe failed: {message}")
                     if state.readiness.record(result, message, time.monotonic()):
                         changed = True
                         log.info("%s: %s/%s readiness %s -> %s", self.name, sandbox.key, state.name,

@@ -67,9 +67,11 @@ def deployment(replicas: int, image: str = "netk8s/echo") -> dict:
 
 
 def mark_running(api: ApiClient) -> None:
-    """Play kubelet: every bound pod runs and is ready with an IP."""
+    """Play kubelet: every bound pod runs and is ready with an IP; terminating pods finish."""
     for i, p in enumerate(api.list(PODS, "default")["items"]):
-        if p["spec"].get("nodeName") and p["status"].get("phase") != "Running":
+        if p["metadata"].get("deletionTimestamp"):
+            api.delete(PODS, p["metadata"]["name"], "default", grace_period=0)
+        elif p["spec"].get("nodeName") and p["status"].get("phase") != "Running":
             api.patch(PODS, p["metadata"]["name"], {"status": {
                 "phase": "Running", "podIP": f"10.244.9.{i + 2}",
                 "conditions": [{"type": "Ready", "status": "True"}]}}, "default", subresource="status")
@@ -109,11 +111,17 @@ def test_deployment_to_ready_endpoints_spread_over_workers(cluster: ApiClient) -
 
 def test_scale_down_and_delete_leave_nothing_behind(cluster: ApiClient) -> None:
     cluster.create(DEPLOYS, deployment(3), "default")
-    wait_for(lambda: len(cluster.list(PODS, "default")["items"]) == 3)
+    wait_for(lambda: len([p for p in cluster.list(PODS, "default")["items"] if p["spec"].get("nodeName")]) == 3)
+    mark_running(cluster)
     cluster.patch(DEPLOYS, "web", {"spec": {"replicas": 1}}, "default")
-    wait_for(lambda: len(cluster.list(PODS, "default")["items"]) == 1)
+
+    def running() -> list:
+        mark_running(cluster)  # finishes graceful deletions, as kubelets would
+        return [p for p in cluster.list(PODS, "default")["items"] if not p["metadata"].get("deletionTimestamp")]
+    wait_for(lambda: len(running()) == 1 and len(cluster.list(PODS, "default")["items"]) == 1)
     cluster.delete(DEPLOYS, "web", "default")
-    wait_for(lambda: not cluster.list(PODS, "default")["items"] and not cluster.list(RS, "default")["items"])
+    wait_for(lambda: not running() and not cluster.list(PODS, "default")["items"]
+             and not cluster.list(RS, "default")["items"])
     time.sleep(0.5)  # nothing gets re-created by a lagging controller
     assert cluster.list(PODS, "default")["items"] == []
 
