@@ -766,8 +766,10 @@ def _add_default_tolerations(spec: dict, seconds: int) -> None:
     """DefaultTolerationSeconds admission: tolerate not-ready/unreachable nodes for a while."""
     tolerations = spec.setdefault("tolerations", [])
     for key in (_NOT_READY, _UNREACHABLE):
-        if any((t.get("key") in (key, None, "") and t.get("operator") == "Exists" and not t.get("key"))
-               or (t.get("key") == key and t.get("effect") in (None, "", "NoExecute")) for t in tolerations):
+        # Already tolerated: a toleration for this key (or any key, with Exists) covering NoExecute.
+        if any(t.get("effect") in (None, "", "NoExecute")
+               and (t.get("key") == key or (not t.get("key") and t.get("operator") == "Exists"))
+               for t in tolerations):
             continue
         tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
 

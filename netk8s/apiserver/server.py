@@ -26,6 +26,7 @@ from netk8s.api.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from netk8s.apiserver import protobuf
 from netk8s.apiserver import status as st
 from netk8s.apiserver.registry import ListOptions, Registry
 from netk8s.cluster.naming import container_log_path
@@ -231,8 +232,13 @@ class ApiServer:
         raw = await request.read()
         if not raw:
             return None
-        if request.content_type == "application/vnd.kubernetes.protobuf":
-            raise st.unsupported_media_type(request.content_type)
+        if request.content_type == protobuf.CONTENT_TYPE:  # `kubectl create ...` sends typed objects this way
+            try:
+                return protobuf.decode(raw)
+            except protobuf.UnsupportedKind as err:
+                raise st.StatusError(415, "UnsupportedMediaType", str(err)) from None
+            except protobuf.ProtobufError as err:
+                raise st.bad_request(str(err)) from None
         try:
             return json.loads(raw)
         except ValueError:

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         kind_sub.required = True
         e = kind_sub.add_parser("exec", parents=[common], help=f"run a command in a {kind}'s namespace")
         e.add_argument("target", metavar=kind.upper())
+        if kind == "node":
+            e = kind_sub.add_parser("stop", parents=[common],
+                                    help="stop the node's kubelet reporting (as if it died); pods keep running")
+            e.add_argument("target", metavar="NODE")
+            e = kind_sub.add_parser("start", parents=[common], help="let a stopped node's kubelet report again")
+            e.add_argument("target", metavar="NODE")
     return parser
 
 
@@ -300,6 +306,13 @@ def cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     return _exec_in(netns, command, env)
 
 
+def cmd_node_power(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    cluster.set_node_stopped(args.target, args.action == "stop")
+    print(f"node/{args.target} {'stopped' if args.action == 'stop' else 'started'}")
+    return 0
+
+
 def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
     cluster = _cluster(args)
     machine = cluster.node(args.target) if args.command == "node" else cluster.host(args.target)
@@ -321,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "exec":
             return cmd_exec(args, command)
+        if args.command == "node" and args.action in ("stop", "start"):
+            if command:
+                raise UserError(f"unexpected arguments after --: {' '.join(command)}")
+            return cmd_node_power(args)
         if args.command in ("node", "host"):
             return cmd_machine_exec(args, command)
         if command:

@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
-from netk8s.api.resources import ResourceType, resolve
+from netk8s.api.resources import NODES, ResourceType, resolve
 from netk8s.client.apply import apply
 from netk8s.client.rest import ApiClient
 from netk8s.cluster import lifecycle
-from netk8s.cluster.naming import node_netns, pod_netns
+from netk8s.cluster.naming import KUBELET_STOPPED_ANNOTATION, node_netns, pod_netns
 from netk8s.cluster.state import ClusterRecord, StateDir
 from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
 from netk8s.kubelet.runtime import DEFAULT_PATH
@@ -173,6 +173,13 @@ class Cluster:
     def node(self, name: str) -> Machine:
         self.topology.node(name)  # raises NotFoundError naming the known nodes
         return Machine(name, node_netns(self.name, name))
+
+    def set_node_stopped(self, name: str, stopped: bool) -> None:
+        """Stop (or restart) a node's kubelet reporting, as if it died: its Lease and status go
+        stale, the node lifecycle controller marks it Unknown and evicts its pods."""
+        self.topology.node(name)
+        value = "true" if stopped else None
+        self.client.patch(NODES, name, {"metadata": {"annotations": {KUBELET_STOPPED_ANNOTATION: value}}})
 
     def host(self, name: str) -> Machine:
         if name not in {h.name for h in self.topology.hosts}:

@@ -65,7 +65,9 @@ class ClusterDaemon:
         if topo.networking_mode is not NetworkingMode.HOST_GW:
             raise NetK8sError(f"networking.mode: {topo.networking_mode.value} is not available yet; use host-gw")
         self.store = SQLiteStore(self.state.store_file)
-        registry = Registry(self.store, RegistryConfig(topo.service_subnet, topo.node_port_range))
+        timings = topo.control_plane_spec
+        registry = Registry(self.store, RegistryConfig(topo.service_subnet, topo.node_port_range,
+                                                       default_toleration_seconds=round(timings.pod_eviction_timeout)))
         self.apiserver = ApiServer(registry, logs_dir=self.state.logs_dir)
         sock = listen()
         self.apiserver.start_in_thread(sock)
@@ -79,14 +81,15 @@ class ClusterDaemon:
         self.network = EmulatedNetwork(topo, self.state)
         self.network.build()
 
-        self.controller_manager = ControllerManager(self.client, topo.pod_subnet)
+        self.controller_manager = ControllerManager(self.client, topo.pod_subnet, timings)
         self.controller_manager.start()
         self._run(Scheduler(self.client))
         for node in topo.nodes:
             ns = node_netns(topo.name, node.name)
             node_ip = topo.primary_address(node.name)
             subnets = [iface.address.network for iface in topo.interfaces_of(node.name) if iface.address]
-            kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state))
+            kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state,
+                                                         lease_duration=timings.node_monitor_grace_period))
             self.kubelets.append(kubelet)
             self._run(kubelet)
             self._run(HostGwAgent(self.client, ns, node.name, subnets))

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from netk8s.api import meta
 
+# Set to "true" on a Node by `netk8s node stop`: its kubelet stops reporting, as if it had died.
+KUBELET_STOPPED_ANNOTATION = "netk8s.io/kubelet-stopped"
+
 
 def node_netns(cluster: str, name: str) -> str:
     """Namespace of an emulated node, external host or switch."""

@@ -28,12 +28,17 @@ from netk8s.api.resources import NODES, PODS
 from netk8s.client.controller import Controller
 from netk8s.client.events import NORMAL, WARNING, EventRecorder
 from netk8s.client.rest import ApiClient, ignore_not_found
-from netk8s.cluster.naming import container_log_path, pod_netns
+from netk8s.cluster.naming import (
+    KUBELET_STOPPED_ANNOTATION,
+    container_log_path,
+    pod_netns,
+)
 from netk8s.cluster.state import StateDir
 from netk8s.cni.invoker import Attachment, CniInvoker, node_conflist
 from netk8s.errors import ApiError, NetK8sError
 from netk8s.kernel import netns
 from netk8s.kubelet.images import ImageNotFound, PodContext, command_for
+from netk8s.kubelet.lease import LeaseHeartbeat
 from netk8s.kubelet.probes import ProbeResult, ProbeState, run_probe
 from netk8s.kubelet.runtime import ProcessRuntime, RunningProcess
 from netk8s.topology import NodeRole, NodeSpec
@@ -59,6 +64,7 @@ class KubeletConfig:
     cni_in_process: bool = True
     mtu: int = 1500
     heartbeat_seconds: float = 10.0
+    lease_duration: float = 40.0
 
 
 @dataclass
@@ -90,7 +96,6 @@ class PodSandbox:
     restart_policy: str
     containers: list[ContainerRuntimeState] = field(default_factory=list)
     start_time: str = field(default_factory=meta.now)
-    last_status: dict | None = None
 
 
 class Kubelet(Controller):
@@ -106,6 +111,8 @@ class Kubelet(Controller):
         self._lock = threading.RLock()
         self._cni: CniInvoker | None = None
         self._network_ready = threading.Event()
+        self._paused = threading.Event()
+        self.lease = LeaseHeartbeat(client, config.node.name, duration_seconds=max(round(config.lease_duration), 1))
         self._aux_threads: list[threading.Thread] = []
 
     # -- node --------------------------------------------------------------------------------
@@ -177,11 +184,30 @@ class Kubelet(Controller):
         log.info("%s: registered node %s (%s)", self.name, self.node_name, self.config.node_ip)
 
     def _on_own_node(self, event: str, old: dict | None, new: dict | None) -> None:
-        if new is None or self._network_ready.is_set():
+        if new is None:
+            return
+        self._follow_pause_annotation(new)
+        if self._network_ready.is_set():
             return
         cidr = (new.get("spec") or {}).get("podCIDR")
         if cidr:
             self._setup_network(ipaddress.IPv4Network(cidr))
+
+    def _follow_pause_annotation(self, node: dict) -> None:
+        """``netk8s node stop`` sets KUBELET_STOPPED_ANNOTATION: behave like a kubelet that died or lost the
+        control plane (no heartbeats, no pod syncs or status); containers keep running."""
+        paused = ((node.get("metadata") or {}).get("annotations") or {}).get(KUBELET_STOPPED_ANNOTATION) == "true"
+        if paused and not self._paused.is_set():
+            log.info("%s: paused (node stop): no heartbeats, no pod syncs", self.name)
+            self._paused.set()
+            self.lease.pause()
+        elif not paused and self._paused.is_set():
+            log.info("%s: resumed (node start)", self.name)
+            self._paused.clear()
+            self.lease.resume()
+            self._report_node_status()
+            for pod in self.pods.list():
+                self.queue.add(meta.key_of(pod))
 
     def _setup_network(self, pod_cidr: ipaddress.IPv4Network) -> None:
         cni_dir = self.config.state.cni_dir(self.node_name)
@@ -214,6 +240,8 @@ class Kubelet(Controller):
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.config.heartbeat_seconds):
+            if self._paused.is_set():
+                continue
             try:
                 self._report_node_status()
             except NetK8sError as exc:
@@ -229,6 +257,7 @@ class Kubelet(Controller):
 
     def start(self) -> None:
         self.register()
+        self.lease.start()
         super().start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._monitor_loop, "monitor")):
             t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
@@ -237,6 +266,7 @@ class Kubelet(Controller):
 
     def stop(self) -> None:
         super().stop()
+        self.lease.stop()
         for t in self._aux_threads:
             t.join(timeout=5)
         self.recorder.stop()
@@ -251,6 +281,8 @@ class Kubelet(Controller):
     # -- pod lifecycle ------------------------------------------------------------------------
 
     def sync(self, key: str) -> None:
+        if self._paused.is_set():
+            return  # a stopped kubelet does nothing; resuming re-queues every pod
         pod = self.pods.get(key)
         with self._lock:
             sandbox = self._sandboxes.get(key)
@@ -423,6 +455,8 @@ class Kubelet(Controller):
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(MONITOR_PERIOD):
+            if self._paused.is_set():
+                continue
             with self._lock:
                 sandboxes = list(self._sandboxes.values())
             for sandbox in sandboxes:
@@ -528,15 +562,21 @@ class Kubelet(Controller):
             "hostIPs": [{"ip": str(self.config.node_ip)}], "podIP": sandbox.ip, "podIPs": [{"ip": sandbox.ip}],
             "startTime": sandbox.start_time, "containerStatuses": statuses,
         }
-        comparable = {k: v for k, v in status.items() if k != "conditions"}
-        comparable["conditions"] = [{k: v for k, v in c.items() if not k.endswith("Time")} for c in conditions]
-        if sandbox.last_status == comparable:
+        # Compare with what the API holds (not with what we last sent): status someone else
+        # changed, such as the node lifecycle controller marking pods not ready, gets corrected.
+        if _comparable(status) == _comparable((pod.get("status") or {})):
             return
         self._patch_pod_status(pod, status)
-        sandbox.last_status = comparable
 
     def _patch_pod_status(self, pod: dict, status: dict) -> None:
         with ignore_not_found():
             self.client.patch(PODS, meta.name_of(pod), {"status": status}, meta.namespace_of(pod),
                               subresource="status")
 
+
+def _comparable(status: dict) -> dict:
+    """A pod status without timestamps and fields the kubelet does not own, for change detection."""
+    out = {k: v for k, v in status.items() if k not in ("conditions", "qosClass")}
+    out["conditions"] = sorted(({k: v for k, v in c.items() if not k.endswith("Time")}
+                                for c in status.get("conditions") or []), key=lambda c: c.get("type", ""))
+    return out

@@ -12,6 +12,7 @@ from netk8s.topology.schema import (
     CONTROL_PLANE_TAINT,
     DEFAULT_CLUSTER_NAME,
     KIND,
+    ControlPlaneSpec,
     Endpoint,
     HostSpec,
     LinkSpec,
@@ -30,6 +31,7 @@ from netk8s.topology.schema import (
 __all__ = [
     "API_VERSION",
     "CONTROL_PLANE_TAINT",
+    "ControlPlaneSpec",
     "DEFAULT_CLUSTER_NAME",
     "KIND",
     "Endpoint",

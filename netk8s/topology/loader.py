@@ -46,6 +46,7 @@ from netk8s.topology.schema import (
     P2P_POOL,
     P2P_PREFIXLEN,
     POD_CIDR_PREFIXLEN,
+    ControlPlaneSpec,
     Endpoint,
     HostSpec,
     LinkSpec,
@@ -69,7 +70,8 @@ from netk8s.topology.schema import (
 logger = logging.getLogger(__name__)
 
 _TOP_FIELDS = ("apiVersion", "kind", "name", "podSubnet", "serviceSubnet", "nodePortRange", "networking",
-               "proxyMode", "store", "nodes", "hosts", "switches", "routers", "links", "manifests")
+               "proxyMode", "store", "controlPlane", "nodes", "hosts", "switches", "routers", "links", "manifests")
+_CONTROL_PLANE_FIELDS = ("nodeMonitorGracePeriod", "podEvictionTimeout")
 _NETWORKING_FIELDS = ("mode",)
 _NODE_FIELDS = ("name", "role", "labels", "taints", "capacity", "ip")
 _TAINT_FIELDS = ("key", "value", "effect")
@@ -180,6 +182,8 @@ def to_dict(topology: Topology) -> dict[str, Any]:
         "networking": {"mode": topology.networking_mode.value},
         "proxyMode": topology.proxy_mode.value,
         "store": topology.store.value,
+        "controlPlane": {"nodeMonitorGracePeriod": f"{topology.control_plane_spec.node_monitor_grace_period:g}s",
+                         "podEvictionTimeout": f"{topology.control_plane_spec.pod_eviction_timeout:g}s"},
     }
     nodes = []
     for node in topology.nodes:
@@ -312,6 +316,20 @@ def _address(value: Any, path: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(value.strip())
     except ValueError:
         raise ValidationError(path, wrong) from None
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _duration(value: Any, path: str, default: float) -> float:
+    """A duration like 10s, 1.5m, 500ms or a number of seconds; must be > 0."""
+    if value is None:
+        return default
+    match = _DURATION.match(str(value).strip()) if not isinstance(value, bool) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValidationError(path, f"expected a positive duration like 10s, 2m or 500ms, got {render(value)}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def _port_range(value: Any, path: str) -> tuple[int, int]:
@@ -478,6 +496,7 @@ class _Builder:
         mode = _enum(networking.get("mode"), "networking.mode", NetworkingMode, NetworkingMode.HOST_GW)
         proxy_mode = _enum(d.get("proxyMode"), "proxyMode", ProxyMode, ProxyMode.IPTABLES)
         store = _enum(d.get("store"), "store", StoreKind, StoreKind.SQLITE)
+        control_plane = self._control_plane()
 
         nodes = self._nodes()
         hosts = self._hosts()
@@ -493,8 +512,20 @@ class _Builder:
             name=name, pod_subnet=pod_subnet, service_subnet=service_subnet, node_port_range=port_range,
             networking_mode=mode, proxy_mode=proxy_mode, store=store, nodes=tuple(nodes), hosts=tuple(hosts),
             switches=tuple(switches), routers=tuple(routers), links=tuple(links), manifests=tuple(manifests),
-            source=None,
+            control_plane_spec=control_plane, source=None,
         )
+
+    def _control_plane(self) -> ControlPlaneSpec:
+        raw = self.data.get("controlPlane")
+        if raw is None:
+            return ControlPlaneSpec()
+        cp = _fields(raw, "controlPlane", _CONTROL_PLANE_FIELDS, "a mapping like {nodeMonitorGracePeriod: 10s}")
+        defaults = ControlPlaneSpec()
+        grace = _duration(cp.get("nodeMonitorGracePeriod"), "controlPlane.nodeMonitorGracePeriod",
+                          defaults.node_monitor_grace_period)
+        eviction = _duration(cp.get("podEvictionTimeout"), "controlPlane.podEvictionTimeout",
+                             defaults.pod_eviction_timeout)
+        return ControlPlaneSpec(grace, eviction)
 
     def _check_header(self) -> None:
         for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):

@@ -153,6 +153,16 @@ class RouterSpec:
 
 
 @dataclass(frozen=True)
+class ControlPlaneSpec:
+    """Control-plane timings. Kubernetes waits 40 s before calling a silent node Unknown and
+    tolerates it for 300 s before evicting its pods; the emulator defaults to much less so
+    node failures play out while you watch."""
+
+    node_monitor_grace_period: float = 10.0
+    pod_eviction_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     pod_subnet: ipaddress.IPv4Network
@@ -167,6 +177,7 @@ class Topology:
     routers: tuple[RouterSpec, ...]
     links: tuple[LinkSpec, ...]
     manifests: tuple[Path | dict, ...] = field(default=(), hash=False)
+    control_plane_spec: ControlPlaneSpec = ControlPlaneSpec()
     # Where the topology was read from; provenance only, so not part of equality.
     source: Path | None = field(default=None, compare=False)
 

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from netk8s.api import meta
 from netk8s.api.resources import (
     DEPLOYMENTS,
     ENDPOINTSLICES,
@@ -49,7 +50,8 @@ def cluster(api: ApiClient) -> Iterator[ApiClient]:
                          ("w1", []), ("w2", [])):
         api.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"taints": taints},
                            "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-                                      "conditions": [{"type": "Ready", "status": "True"}]}})
+                                      "conditions": [{"type": "Ready", "status": "True",
+                                                      "lastHeartbeatTime": meta.now()}]}})
     try:
         yield api
     finally:

@@ -14,6 +14,7 @@ import yaml
 from netk8s.errors import NotFoundError, ValidationError
 from netk8s.topology import (
     CONTROL_PLANE_TAINT,
+    ControlPlaneSpec,
     Endpoint,
     NetworkingMode,
     NodeRole,
@@ -509,3 +510,16 @@ def test_with_name_keeps_everything_else() -> None:
     assert renamed.name == "other" and renamed.links == topo.links and renamed != topo
     assert isinstance(hash(renamed), int)  # frozen specs stay hashable despite dict fields
     assert isinstance(renamed, Topology)
+
+
+def test_control_plane_timings_parse_and_round_trip() -> None:
+    base = {"apiVersion": "netk8s.io/v1alpha1", "kind": "Cluster", "nodes": [{"name": "cp", "role": "control-plane"}]}
+    assert load_dict(base).control_plane_spec == ControlPlaneSpec(10.0, 30.0)
+    topo = load_dict({**base, "controlPlane": {"nodeMonitorGracePeriod": "1.5m", "podEvictionTimeout": 45}})
+    assert topo.control_plane_spec == ControlPlaneSpec(90.0, 45.0)
+    assert load_dict(to_dict(topo)) == topo
+    with pytest.raises(ValidationError, match=r"^controlPlane.nodeMonitorGracePeriod: expected a positive duration"):
+        load_dict({**base, "controlPlane": {"nodeMonitorGracePeriod": "soon"}})
+    with pytest.raises(ValidationError, match=r'^controlPlane.podEvictionTimout: unknown field; did you mean '
+                                              r'"podEvictionTimeout"\?'):
+        load_dict({**base, "controlPlane": {"podEvictionTimout": "5s"}})

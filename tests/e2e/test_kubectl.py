@@ -1,0 +1,131 @@
+"""kubectl against a running netk8s cluster: the commands users type every day.
+
+Needs kubectl on the machine; without it these tests are skipped and the run
+says so in its summary (they are never silently passed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from netk8s.cluster.api import Cluster
+from netk8s.testing.plugin import unique_cluster_name
+
+KUBECTL = shutil.which("kubectl")
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "topologies" / "apps" / "echo.yaml"
+
+pytestmark = [pytest.mark.needs_kubectl,
+              pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed: kubectl tests not run")]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster.up(name=unique_cluster_name("kc"))
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def kubectl(cluster: Cluster, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    assert KUBECTL is not None
+    result = subprocess.run([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
+                            text=True, input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def test_apply_twice_creates_then_updates_in_place(cluster: Cluster) -> None:
+    first = kubectl(cluster, "apply", "-f", str(APP))
+    assert first.stdout.splitlines() == ["deployment.apps/echo created", "service/echo created", "pod/client created"]
+    uid = kubectl(cluster, "get", "deployment", "echo", "-o", "jsonpath={.metadata.uid}").stdout
+    docs = list(yaml.safe_load_all(APP.read_text()))
+    docs[0]["spec"]["replicas"] = 2
+    second = kubectl(cluster, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    assert second.stdout.splitlines() == ["deployment.apps/echo configured", "service/echo unchanged",
+                                          "pod/client unchanged"]
+    assert kubectl(cluster, "get", "deployment", "echo", "-o", "jsonpath={.metadata.uid}").stdout == uid
+    assert kubectl(cluster, "get", "deployment", "echo", "-o", "jsonpath={.spec.replicas}").stdout == "2"
+
+
+def test_rollout_status_and_scale(cluster: Cluster) -> None:
+    out = kubectl(cluster, "rollout", "status", "deployment/echo", "--timeout=60s").stdout
+    assert 'deployment "echo" successfully rolled out' in out
+    assert kubectl(cluster, "scale", "deployment", "echo", "--replicas=3").stdout.strip() == \
+        "deployment.apps/echo scaled"
+    kubectl(cluster, "rollout", "status", "deployment/echo", "--timeout=60s")
+    ready = kubectl(cluster, "get", "deployment", "echo", "-o", "jsonpath={.status.readyReplicas}").stdout
+    assert ready == "3"
+
+
+def test_get_wide_and_yaml(cluster: Cluster) -> None:
+    cluster.wait_ready("pod", "client", timeout=60)
+    wide = kubectl(cluster, "get", "pods", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE",
+                               "READINESS", "GATES"]
+    client_row = next(line.split() for line in wide if line.startswith("client "))
+    pod = cluster.get("pod", "client")
+    assert client_row[1:3] == ["1/1", "Running"] and client_row[5] == pod["status"]["podIP"]
+    assert client_row[6] == pod["spec"]["nodeName"]
+    nodes = kubectl(cluster, "get", "nodes").stdout.splitlines()
+    assert nodes[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert any(line.split()[:3] == ["control-plane", "Ready", "control-plane"] for line in nodes[1:])
+    as_yaml = yaml.safe_load(kubectl(cluster, "get", "service", "echo", "-o", "yaml").stdout)
+    assert as_yaml["kind"] == "Service" and as_yaml["spec"]["clusterIP"].startswith("10.96.")
+
+
+def test_logs_and_describe(cluster: Cluster) -> None:
+    cluster.wait_ready("deployment", "echo", timeout=60)
+    ip = cluster.get("service", "echo")["spec"]["clusterIP"]
+    answer = json.loads(cluster.exec("client", ["curl", "-s", "-m", "3", f"http://{ip}/"], check=True).stdout)
+    logs = kubectl(cluster, "logs", answer["pod"]).stdout
+    assert f'"GET / HTTP/1.1" 200' in logs
+    described = kubectl(cluster, "describe", "pod", answer["pod"]).stdout
+    assert f"Name:         {answer['pod']}" in described
+    assert f"IP:           {answer['podIP']}" in described
+    assert "Started container echo" in described and "Scheduled" in described
+
+
+def test_get_watch_ends_after_a_change(cluster: Cluster) -> None:
+    assert KUBECTL is not None
+    watcher = subprocess.Popen([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "get", "pods", "-l", "app=echo",
+                                "--watch", "--output-watch-events"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        kubectl(cluster, "scale", "deployment", "echo", "--replicas=4")
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        assert watcher.stdout is not None
+        os.set_blocking(watcher.stdout.fileno(), False)
+        while time.monotonic() < deadline and not any(line.startswith("ADDED") for line in lines[4:]):
+            chunk = watcher.stdout.readline()
+            if chunk:
+                lines.append(chunk)
+            else:
+                time.sleep(0.05)
+        assert any(line.startswith("ADDED") for line in lines[4:]), lines
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=10)
+
+
+def test_delete_waits_for_the_object_to_go(cluster: Cluster) -> None:
+    out = kubectl(cluster, "delete", "pod", "client").stdout
+    assert out.strip() == 'pod "client" deleted'
+    missing = kubectl(cluster, "get", "pod", "client", check=False)
+    assert missing.returncode == 1 and 'pods "client" not found' in missing.stderr
+    assert kubectl(cluster, "delete", "deployment", "echo").stdout.strip() == 'deployment.apps "echo" deleted'
+    assert kubectl(cluster, "get", "replicasets", "-o", "name").stdout.strip() == ""
