@@ -397,6 +397,60 @@ def _namespace_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
     return [name_of(obj), str(_status(obj).get("phase") or ""), _age(obj, now)]
 
 
+def _configmap_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    count = len(_dict(obj.get("data"))) + len(_dict(obj.get("binaryData")))
+    return [name_of(obj), str(count), _age(obj, now)]
+
+
+def _secret_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    count = len(_dict(obj.get("data"))) + len(_dict(obj.get("stringData")))
+    return [name_of(obj), str(obj.get("type") or "Opaque"), str(count), _age(obj, now)]
+
+
+def _serviceaccount_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    return [name_of(obj), str(len(_list(obj.get("secrets")))), _age(obj, now)]
+
+
+def _endpoints_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    pairs = []
+    for subset in _list(obj.get("subsets")):
+        subset = _dict(subset)
+        ports = [_int(_dict(p).get("port")) for p in _list(subset.get("ports"))]
+        for address in _list(subset.get("addresses")):
+            ip = str(_dict(address).get("ip") or "")
+            pairs += [f"{ip}:{port}" for port in ports] if ports else [ip]
+    text = _first_three(pairs, len(pairs)) if pairs else "<none>"
+    return [name_of(obj), text, _age(obj, now)]
+
+
+def _since(value: Any, now: _dt.datetime | None) -> str:
+    return age(str(value), now) if value else "<unknown>"
+
+
+def _event_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    involved = _dict(obj.get("involvedObject"))
+    last = obj.get("lastTimestamp") or obj.get("eventTime") or _dict(obj.get("metadata")).get("creationTimestamp")
+    row = [_since(last, now), str(obj.get("type") or ""), str(obj.get("reason") or ""),
+           f"{str(involved.get('kind') or '').lower()}/{involved.get('name') or ''}", str(obj.get("message") or "")]
+    if wide:
+        source = _dict(obj.get("source"))
+        origin = ", ".join(str(v) for v in (source.get("component"), source.get("host")) if v) or \
+            str(obj.get("reportingComponent") or "")
+        first = obj.get("firstTimestamp") or obj.get("eventTime")
+        row += [str(involved.get("fieldPath") or ""), origin, _since(first, now), str(_int(obj.get("count")) or 1),
+                name_of(obj)]
+    return row
+
+
+def _networkpolicy_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    selector = format_label_selector(_dict(_spec(obj).get("podSelector"))) or "<none>"
+    return [name_of(obj), selector, _age(obj, now)]
+
+
+def _lease_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
+    return [name_of(obj), str(_spec(obj).get("holderIdentity") or ""), _age(obj, now)]
+
+
 def _default_row(obj: dict, wide: bool, now: _dt.datetime | None) -> Row:
     return [name_of(obj), _age(obj, now)]
 
@@ -414,6 +468,14 @@ _PRINTERS: dict[str, tuple[list[str], list[str], _RowFn]] = {
                    ["CONTAINERS", "IMAGES", "SELECTOR"], _replicaset_row),
     "EndpointSlice": (["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], [], _endpointslice_row),
     "Namespace": (["NAME", "STATUS", "AGE"], [], _namespace_row),
+    "ConfigMap": (["NAME", "DATA", "AGE"], [], _configmap_row),
+    "Secret": (["NAME", "TYPE", "DATA", "AGE"], [], _secret_row),
+    "ServiceAccount": (["NAME", "SECRETS", "AGE"], [], _serviceaccount_row),
+    "Endpoints": (["NAME", "ENDPOINTS", "AGE"], [], _endpoints_row),
+    "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+              ["SUBOBJECT", "SOURCE", "FIRST SEEN", "COUNT", "NAME"], _event_row),
+    "NetworkPolicy": (["NAME", "POD-SELECTOR", "AGE"], [], _networkpolicy_row),
+    "Lease": (["NAME", "HOLDER", "AGE"], [], _lease_row),
 }
 
 

@@ -264,12 +264,39 @@ def _validate_replicated(obj: dict) -> list[FieldError]:
     return errors
 
 
+def _int_or_percent(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value >= 0
+    return isinstance(value, str) and re.fullmatch(r"\d+%", value) is not None
+
+
 def validate_deployment(obj: dict) -> list[FieldError]:
     errors = _validate_replicated(obj)
-    strategy = ((obj.get("spec") or {}).get("strategy") or {}).get("type", "RollingUpdate")
+    strategy_spec = (obj.get("spec") or {}).get("strategy") or {}
+    strategy = strategy_spec.get("type", "RollingUpdate")
     if strategy not in ("RollingUpdate", "Recreate"):
         errors.append(FieldError("spec.strategy.type", ErrorType.NOT_SUPPORTED, strategy,
                                  'supported values: "Recreate", "RollingUpdate"'))
+    rolling = strategy_spec.get("rollingUpdate")
+    if strategy == "Recreate" and rolling:
+        errors.append(FieldError("spec.strategy.rollingUpdate", ErrorType.FORBIDDEN,
+                                 detail="may not be specified when strategy `type` is 'Recreate'"))
+    elif isinstance(rolling, dict):
+        surge, unavailable = rolling.get("maxSurge", "25%"), rolling.get("maxUnavailable", "25%")
+        for name, value in (("maxUnavailable", unavailable), ("maxSurge", surge)):
+            if not _int_or_percent(value):
+                errors.append(FieldError(f"spec.strategy.rollingUpdate.{name}", ErrorType.INVALID, value,
+                                         "must be greater than or equal to 0" if isinstance(value, int)
+                                         else "a valid percent string must be a numeric string followed by an "
+                                              "ending '%' (e.g. '1%',  or '93%', regex used for validation is "
+                                              "'[0-9]+%')"))
+        if str(surge) in ("0", "0%") and str(unavailable) in ("0", "0%"):
+            errors.append(FieldError("spec.strategy.rollingUpdate.maxUnavailable", ErrorType.INVALID, unavailable,
+                                     "may not be 0 when `maxSurge` is 0"))
+        elif isinstance(unavailable, str) and unavailable.endswith("%") and unavailable[:-1].isdigit() \
+                and int(unavailable[:-1]) > 100:
+            errors.append(FieldError("spec.strategy.rollingUpdate.maxUnavailable", ErrorType.INVALID, unavailable,
+                                     "must not be greater than 100%"))
     return errors
 
 

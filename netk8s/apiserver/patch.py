@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from netk8s.api import fields
+
 
 class PatchError(Exception):
     pass
@@ -42,7 +44,6 @@ _MERGE_KEYS: dict[str, str] = {
     "volumes": "name",
     "volumeMounts": "mountPath",
     "imagePullSecrets": "name",
-    "tolerations": "key",
     "hostAliases": "ip",
     "conditions": "type",
     "ownerReferences": "uid",
@@ -61,7 +62,16 @@ def merge_key(field: str, items: list) -> str | None:
     return _MERGE_KEYS.get(field)
 
 
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
+def _list_merge_key(kind: str | None, path: tuple[str, ...], items: list) -> str | None:
+    """The merge key of the list at ``path``: from the kind's schema when it describes the
+    path (Kubernetes' patchMergeKey/patchStrategy tags), else by field name."""
+    if kind is not None and fields.field_at(kind, path) is not None:
+        found = fields.list_patch_meta(kind, path)
+        return found[0] if found and "merge" in found[1] else None
+    return merge_key(path[-1], items)
+
+
+def strategic_merge_patch(target: Any, patch: Any, kind: str | None = None, path: tuple[str, ...] = ()) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     if patch.get("$patch") == "replace":
@@ -69,19 +79,20 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if key.startswith("$"):
-            continue
+            continue  # $setElementOrder/..., $retainKeys: ordering hints we do not need
         if value is None:
             result.pop(key, None)
         elif isinstance(value, list) and isinstance(result.get(key), list):
-            merge_key_name = merge_key(key, value + result[key])
-            result[key] = (_merge_list(result[key], value, merge_key_name) if merge_key_name
+            key_name = _list_merge_key(kind, path + (key,), value + result[key])
+            result[key] = (_merge_list(result[key], value, key_name, kind, path + (key,)) if key_name
                            else copy.deepcopy(value))
         else:
-            result[key] = strategic_merge_patch(result.get(key), value)
+            result[key] = strategic_merge_patch(result.get(key), value, kind, path + (key,))
     return result
 
 
-def _merge_list(current: list, patch: list, merge_key: str) -> list:
+def _merge_list(current: list, patch: list, merge_key: str, kind: str | None = None,
+                path: tuple[str, ...] = ()) -> list:
     merged = [copy.deepcopy(item) for item in current]
     index = {item.get(merge_key): i for i, item in enumerate(merged) if isinstance(item, dict)}
     deleted: set[Any] = set()
@@ -93,10 +104,10 @@ def _merge_list(current: list, patch: list, merge_key: str) -> list:
             deleted.add(key)
             continue
         if key in index:
-            merged[index[key]] = strategic_merge_patch(merged[index[key]], item)
+            merged[index[key]] = strategic_merge_patch(merged[index[key]], item, kind, path)
         else:
             index[key] = len(merged)
-            merged.append(strategic_merge_patch({}, item))
+            merged.append(strategic_merge_patch({}, item, kind, path))
     return [item for item in merged if not (isinstance(item, dict) and item.get(merge_key) in deleted)]
 
 
@@ -192,14 +203,14 @@ def json_patch(target: Any, operations: Any) -> Any:
     return doc
 
 
-def apply_patch(content_type: str, target: dict, patch: Any) -> dict:
+def apply_patch(content_type: str, target: dict, patch: Any, kind: str | None = None) -> dict:
     media = content_type.split(";")[0].strip()
     if media == MERGE_PATCH:
         result = merge_patch(target, patch)
     elif media == JSON_PATCH:
         result = json_patch(target, patch)
     elif media == STRATEGIC_MERGE_PATCH:
-        result = strategic_merge_patch(target, patch)
+        result = strategic_merge_patch(target, patch, kind)
     else:
         raise ValueError(media)
     if not isinstance(result, dict):

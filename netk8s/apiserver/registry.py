@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from netk8s.api import meta
+from netk8s.api import fields, meta
 from netk8s.api.defaults import apply_defaults
 from netk8s.api.resources import (
     NAMESPACES,
@@ -273,8 +273,24 @@ class Registry:
                                  f'unable to create new content in namespace {namespace} because it is being '
                                  "terminated")
 
-    def create(self, resource: ResourceType, namespace: str | None, obj: Any, dry_run: bool = False) -> dict:
+    @staticmethod
+    def _check_fields(resource: ResourceType, obj: dict, mode: str, warnings: list[str] | None) -> dict:
+        """fieldValidation: Strict rejects unknown fields; Warn (the default) and Ignore drop them,
+        Warn with a warning each, as kube-apiserver (which decodes into typed structs) does."""
+        unknown = fields.unknown_fields(resource.kind, obj)
+        if not unknown:
+            return obj
+        if mode == "Strict":
+            raise st.bad_request(f'{resource.kind} in version "{resource.version}" cannot be handled as a '
+                                 f"{resource.kind}: {fields.strict_error(unknown)}")
+        if mode != "Ignore" and warnings is not None:
+            warnings.extend(fields.unknown_field_warnings(unknown))
+        return fields.drop_unknown_fields(resource.kind, obj)
+
+    def create(self, resource: ResourceType, namespace: str | None, obj: Any, dry_run: bool = False,
+               field_validation: str = "Warn", warnings: list[str] | None = None) -> dict:
         obj = copy.deepcopy(self._check_type(resource, obj))
+        obj = self._check_fields(resource, obj, field_validation, warnings)
         self._check_namespace(resource, namespace, obj)
         md = obj["metadata"]
         if not md.get("name") and md.get("generateName"):
@@ -317,8 +333,11 @@ class Registry:
             obj["status"] = {}
 
     def update(self, resource: ResourceType, namespace: str | None, name: str, obj: Any,
-               subresource: str | None = None, dry_run: bool = False) -> dict:
+               subresource: str | None = None, dry_run: bool = False, field_validation: str = "Warn",
+               warnings: list[str] | None = None) -> dict:
         obj = copy.deepcopy(self._check_type(resource, obj))
+        if subresource is None:
+            obj = self._check_fields(resource, obj, field_validation, warnings)
         self._check_namespace(resource, namespace, obj)
         md = obj["metadata"]
         if md.get("name") and md["name"] != name:
@@ -401,10 +420,11 @@ class Registry:
         return errors
 
     def patch(self, resource: ResourceType, namespace: str | None, name: str, content_type: str, body: Any,
-              subresource: str | None = None, dry_run: bool = False) -> dict:
+              subresource: str | None = None, dry_run: bool = False, field_validation: str = "Warn",
+              warnings: list[str] | None = None) -> dict:
         current = self.get(resource, namespace, name)
         try:
-            patched = apply_patch(content_type, copy.deepcopy(current), body)
+            patched = apply_patch(content_type, copy.deepcopy(current), body, resource.kind)
         except ValueError:
             raise st.unsupported_media_type(content_type) from None
         except PatchError as exc:
@@ -413,7 +433,7 @@ class Registry:
         # A patch applies to the version it read unless it names one itself.
         body_rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
         patched.setdefault("metadata", {})["resourceVersion"] = body_rv or current["metadata"]["resourceVersion"]
-        return self.update(resource, namespace, name, patched, subresource, dry_run)
+        return self.update(resource, namespace, name, patched, subresource, dry_run, field_validation, warnings)
 
     def delete(self, resource: ResourceType, namespace: str | None, name: str,
                propagation: str = "Background", preconditions: dict | None = None,

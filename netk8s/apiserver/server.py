@@ -26,7 +26,7 @@ from netk8s.api.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from netk8s.apiserver import protobuf
+from netk8s.apiserver import openapi, protobuf, tables
 from netk8s.apiserver import status as st
 from netk8s.apiserver.registry import ListOptions, Registry
 from netk8s.cluster.naming import container_log_path
@@ -50,8 +50,13 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _json_response(obj: Any, code: int = 200) -> web.Response:
-    return web.Response(text=_dumps(obj), status=code, content_type="application/json")
+def _json_response(obj: Any, code: int = 200, warnings: list[str] | None = None) -> web.Response:
+    response = web.Response(text=_dumps(obj), status=code, content_type="application/json")
+    for text in warnings or ():
+        # RFC 7234 warning headers, as kube-apiserver sends them (kubectl prints "Warning: ...").
+        quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.add("Warning", f'299 - "{quoted}"')
+    return response
 
 
 def _status_response(err: st.StatusError) -> web.Response:
@@ -139,6 +144,9 @@ class ApiServer:
         self.app.router.add_get("/apis", self._api_groups)
         self.app.router.add_get("/api/v1", self._core_resources)
         self.app.router.add_get("/apis/{group}/{version}", self._group_resources)
+        self.app.router.add_get("/openapi/v3", self._openapi_v3_index)
+        self.app.router.add_get("/openapi/v3/{path:.*}", self._openapi_v3)
+        self.app.router.add_get("/openapi/v2", self._openapi_v2)
         self.app.router.add_route("*", "/api/v1/{tail:.*}", self._core)
         self.app.router.add_route("*", "/apis/{group}/{version}/{tail:.*}", self._grouped)
         self._runner: web.AppRunner | None = None
@@ -195,6 +203,30 @@ class ApiServer:
         if version not in all_groups().get(group, []):
             return _status_response(st.path_not_found(request.path))
         return _json_response(self._resource_list(group, version))
+
+    # -- OpenAPI ---------------------------------------------------------------------------
+
+    async def _openapi_v3_index(self, request: web.Request) -> web.Response:
+        return web.Response(body=openapi.openapi_v3_index_bytes(), content_type="application/json")
+
+    async def _openapi_v3(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        body = openapi.openapi_v3_document_bytes(path)
+        if body is None:
+            return _status_response(st.path_not_found(request.path))
+        wanted = request.query.get("hash")
+        if wanted and wanted != openapi.openapi_v3_hash(path):
+            raise web.HTTPMovedPermanently(openapi.openapi_v3_url(path))
+        headers = {"Cache-Control": "public, immutable"} if wanted else {}
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def _openapi_v2(self, request: web.Request) -> web.Response:
+        accept = request.headers.get("Accept", "*/*")
+        if "json" not in accept and "*/*" not in accept:
+            # kubectl asks for the protobuf encoding only; netk8s serves JSON (and v3).
+            return _status_response(st.StatusError(406, "NotAcceptable",
+                                                   "only application/json is served for /openapi/v2"))
+        return web.Response(body=openapi.openapi_v2_bytes(), content_type="application/json")
 
     # -- resources -------------------------------------------------------------------------
 
@@ -260,6 +292,11 @@ class ApiServer:
             ns = None
         if name is not None and sub in ("log", "scale", "binding"):
             return await self._subresource(request, res, ns, name, sub, dry_run)
+        table = tables.table_version(request.headers.get("Accept"))
+        validation = q.get("fieldValidation") or "Warn"
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise st.bad_request(f'fieldValidation must be one of "Ignore", "Warn" or "Strict", got {validation!r}')
+        warnings: list[str] = []
         if method == "GET":
             if name is None or is_watch:
                 options = self._list_options(request)
@@ -267,17 +304,25 @@ class ApiServer:
                     options = ListOptions(options.label_selector, FieldSelector(
                         options.field_selector.requirements + (FieldRequirement("metadata.name", name),)))
                 if is_watch:
-                    return await self._watch(request, res, ns, options)
-                return _json_response(reg.list_objects(res, ns, options))
-            return _json_response(reg.get(res, ns, name))
+                    return await self._watch(request, res, ns, options, table)
+                listed = reg.list_objects(res, ns, options)
+                if table:
+                    return _json_response(self._table(res, listed["items"], request, table, listed["metadata"]))
+                return _json_response(listed)
+            obj = reg.get(res, ns, name)
+            if table and sub is None:
+                return _json_response(self._table(res, [obj], request, table))
+            return _json_response(obj)
         if method == "POST":
             if name is not None:
                 raise st.method_not_allowed()
-            return _json_response(reg.create(res, ns, await self._body(request), dry_run), 201)
+            created = reg.create(res, ns, await self._body(request), dry_run, validation, warnings)
+            return _json_response(created, 201, warnings)
         if method == "PUT":
             if name is None:
                 raise st.method_not_allowed()
-            return _json_response(reg.update(res, ns, name, await self._body(request), sub, dry_run))
+            updated = reg.update(res, ns, name, await self._body(request), sub, dry_run, validation, warnings)
+            return _json_response(updated, 200, warnings)
         if method == "PATCH":
             if name is None:
                 raise st.method_not_allowed()
@@ -288,7 +333,8 @@ class ApiServer:
                 obj, created = reg.apply(res, ns, name, body, q.get("fieldManager", ""),
                                          q.get("force") in ("true", "1"), dry_run)
                 return _json_response(obj, 201 if created else 200)
-            return _json_response(reg.patch(res, ns, name, request.content_type, body, sub, dry_run))
+            patched = reg.patch(res, ns, name, request.content_type, body, sub, dry_run, validation, warnings)
+            return _json_response(patched, 200, warnings)
         if method == "DELETE":
             if name is None:
                 return await self._delete_collection(request, res, ns, dry_run)
@@ -305,6 +351,15 @@ class ApiServer:
             return _json_response(reg.delete(res, ns, name, propagation, body.get("preconditions"), dry_run,
                                              grace))
         raise st.method_not_allowed()
+
+    @staticmethod
+    def _table(res: ResourceType, items: list[dict], request: web.Request, version: str,
+               list_meta: dict | None = None) -> dict:
+        """Server-side printing (``kubectl get``): a meta.k8s.io Table instead of the objects."""
+        table = tables.to_table(res, items, request.query.get("includeObject", "Metadata"), list_meta=list_meta)
+        if version == "v1beta1":
+            table["apiVersion"] = "meta.k8s.io/v1beta1"
+        return table
 
     async def _subresource(self, request: web.Request, res: ResourceType, ns: str | None, name: str, sub: str,
                            dry_run: bool) -> web.StreamResponse:
@@ -376,7 +431,7 @@ class ApiServer:
         return _json_response(listed)
 
     async def _watch(self, request: web.Request, res: ResourceType, ns: str | None,
-                     options: ListOptions) -> web.StreamResponse:
+                     options: ListOptions, table: str | None = None) -> web.StreamResponse:
         q = request.query
         try:
             since = int(q.get("resourceVersion") or 0)
@@ -390,6 +445,18 @@ class ApiServer:
         def send(event_type: str, obj: dict) -> None:
             # Store callbacks run on whichever thread wrote; hop onto our loop.
             loop.call_soon_threadsafe(queue.put_nowait, (event_type, obj))
+
+        include = q.get("includeObject", "Metadata")
+        first = [True]
+
+        def encode(item: tuple[str, dict]) -> str:
+            if not table:
+                return _dumps({"type": item[0], "object": item[1]})
+            event = tables.table_for_watch_event(res, item[0], item[1], include, with_columns=first[0])
+            first[0] = False
+            if table == "v1beta1":
+                event["object"]["apiVersion"] = "meta.k8s.io/v1beta1"
+            return _dumps(event)
 
         cancel = self.registry.watch(res, ns, since, options, send)  # may raise 410 before we start
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
@@ -415,17 +482,17 @@ class ApiServer:
                         # Nothing happened for a while: tell the client how far it is up to date.
                         marker = {"kind": res.kind, "apiVersion": res.api_version,
                                   "metadata": {"resourceVersion": str(self.registry.store.revision)}}
-                        await response.write((_dumps({"type": "BOOKMARK", "object": marker}) + "\n").encode())
+                        await response.write((encode(("BOOKMARK", marker)) + "\n").encode())
                         continue
                     break
                 if item is None:
                     break
-                chunks = [_dumps({"type": item[0], "object": item[1]})]
+                chunks = [encode(item)]
                 while not queue.empty() and len(chunks) < 256:
                     nxt = queue.get_nowait()
                     if nxt is None:
                         break
-                    chunks.append(_dumps({"type": nxt[0], "object": nxt[1]}))
+                    chunks.append(encode(nxt))
                 await response.write(("\n".join(chunks) + "\n").encode())
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

@@ -11,6 +11,7 @@ watch never causes double creation.
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from netk8s.api.resources import PODS, REPLICASETS
 from netk8s.api.selectors import LabelSelector
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ignore_not_found
+from netk8s.controllers.deployment import pod_is_available, seconds_until_available
 from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -160,12 +162,18 @@ class ReplicaSetController(Controller):
     def _update_status(self, rs: dict, pods: list[dict]) -> None:
         template_labels = (((rs.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
         ready = [p for p in pods if meta.pod_is_ready(p)]
+        min_ready = int((rs.get("spec") or {}).get("minReadySeconds", 0) or 0)
+        now = _dt.datetime.now(_dt.timezone.utc)
+        available = [p for p in ready if pod_is_available(p, min_ready, now)]
+        wait = seconds_until_available(ready, min_ready, now)
+        if wait is not None:  # look again when the next pod has been ready for minReadySeconds
+            self.queue.add_after(meta.key_of(rs), wait + 0.1)
         status = {
             "replicas": len(pods),
             "fullyLabeledReplicas": sum(1 for p in pods if all(meta.labels_of(p).get(k) == v
                                                                 for k, v in template_labels.items())),
             "readyReplicas": len(ready),
-            "availableReplicas": len(ready),
+            "availableReplicas": len(available),
             "observedGeneration": (rs.get("metadata") or {}).get("generation", 1),
         }
         current = rs.get("status") or {}

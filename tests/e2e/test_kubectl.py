@@ -92,7 +92,7 @@ def test_logs_and_describe(cluster: Cluster) -> None:
     ip = cluster.get("service", "echo")["spec"]["clusterIP"]
     answer = json.loads(cluster.exec("client", ["curl", "-s", "-m", "3", f"http://{ip}/"], check=True).stdout)
     logs = kubectl(cluster, "logs", answer["pod"]).stdout
-    assert f'"GET / HTTP/1.1" 200' in logs
+    assert '"GET / HTTP/1.1" 200' in logs
     described = kubectl(cluster, "describe", "pod", answer["pod"]).stdout
     assert f"Name:         {answer['pod']}" in described
     assert f"IP:           {answer['podIP']}" in described

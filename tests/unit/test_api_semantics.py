@@ -205,3 +205,21 @@ def test_watch_bookmarks() -> None:
     finally:
         server.stop()
         store.close()
+
+
+def test_deployment_rolling_update_parameters_are_validated(api: ApiClient) -> None:
+    bad = deployment("web")
+    bad["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}
+    with pytest.raises(ApiError) as exc:
+        api.create(DEPLOYMENTS, bad, "default")
+    assert "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: \"0%\": may not be 0 when `maxSurge` is 0" \
+        in str(exc.value)
+    bad["spec"]["strategy"] = {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}}
+    with pytest.raises(ApiError) as exc:
+        api.create(DEPLOYMENTS, bad, "default")
+    assert "spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'Recreate'" \
+        in str(exc.value)
+    bad["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "lots"}}
+    with pytest.raises(ApiError) as exc:
+        api.create(DEPLOYMENTS, bad, "default")
+    assert "spec.strategy.rollingUpdate.maxSurge: Invalid value: \"lots\"" in str(exc.value)

@@ -14,7 +14,15 @@ from typing import Callable, Iterator
 import pytest
 
 from netk8s.api import meta
-from netk8s.api.resources import CONFIGMAPS, DEPLOYMENTS, EVENTS, NAMESPACES, PODS, RESOURCES, SERVICES
+from netk8s.api.resources import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    EVENTS,
+    NAMESPACES,
+    PODS,
+    RESOURCES,
+    SERVICES,
+)
 from netk8s.client.rest import ApiClient
 from netk8s.controllers.namespace import (
     ContentReport,

@@ -49,3 +49,14 @@ def test_three_way_patch_keeps_server_fields_and_removes_dropped_ones() -> None:
     last2 = {"spec": {"containers": [{"name": "c", "image": "i"}]}}
     live2 = {"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always"}]}}
     assert three_way_patch(last2, last2, live2) == {}
+
+
+def test_strategic_merge_follows_the_kind_schema() -> None:
+    live = {"spec": {"tolerations": [{"key": "a", "operator": "Exists"}],
+                     "containers": [{"name": "c", "image": "x:1", "ports": [{"containerPort": 80}]}]}}
+    patch = {"spec": {"tolerations": [{"key": "b", "operator": "Exists"}],
+                      "containers": [{"name": "c", "ports": [{"containerPort": 443}]}]}}
+    out = strategic_merge_patch(live, patch, "Pod")
+    assert out["spec"]["tolerations"] == [{"key": "b", "operator": "Exists"}]  # replaced whole, as Kubernetes does
+    assert out["spec"]["containers"] == [{"name": "c", "image": "x:1",
+                                          "ports": [{"containerPort": 80}, {"containerPort": 443}]}]

@@ -262,8 +262,8 @@ def test_namespaces_and_other_kinds() -> None:
     assert table("Namespace", [ns, gone], now=NOW) == (
         ["NAME", "STATUS", "AGE"], [["kube-system", "Active", "10s"], ["old", "Terminating", "10s"]])
     cm = {"metadata": meta("cfg", 9 * 86400)}
-    assert table("ConfigMap", [cm], now=NOW) == (["NAME", "AGE"], [["cfg", "9d"]])
-    assert table("ConfigMap", [cm], wide=True, now=NOW) == (["NAME", "AGE"], [["cfg", "9d"]])
+    assert table("CronTab", [cm], now=NOW) == (["NAME", "AGE"], [["cfg", "9d"]])  # a kind with no printer
+    assert table("CronTab", [cm], wide=True, now=NOW) == (["NAME", "AGE"], [["cfg", "9d"]])
 
 
 def test_all_namespaces_adds_leading_column() -> None:
@@ -272,7 +272,7 @@ def test_all_namespaces_adds_leading_column() -> None:
     assert headers[:2] == ["NAMESPACE", "NAME"] and len(headers) == 10
     assert [r[:2] for r in rows] == [["default", "a"], ["kube-system", "b"]]
     assert all(len(r) == len(headers) for r in rows)
-    headers, rows = table("ConfigMap", objs, with_namespace=True, now=NOW)
+    headers, rows = table("CronTab", objs, with_namespace=True, now=NOW)
     assert headers == ["NAMESPACE", "NAME", "AGE"]
 
 
@@ -306,3 +306,33 @@ def test_format_table_min_width_and_trailing_spaces() -> None:
                    "x     y\n"
                    "xy          long-last\n")
     assert all(line == line.rstrip() for line in out.splitlines())
+
+
+def test_more_kinds_print_like_kubectl() -> None:
+    fixed = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    created = "2026-01-01T11:58:00Z"
+    md = {"name": "x", "namespace": "default", "creationTimestamp": created}
+    cm = {"kind": "ConfigMap", "metadata": md, "data": {"a": "1", "b": "2"}, "binaryData": {"c": "AA=="}}
+    assert table("ConfigMap", [cm], now=fixed) == (["NAME", "DATA", "AGE"], [["x", "3", "2m"]])
+    secret = {"kind": "Secret", "metadata": md, "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}}
+    assert table("Secret", [secret], now=fixed)[1] == [["x", "kubernetes.io/tls", "2", "2m"]]
+    eps = {"kind": "Endpoints", "metadata": md, "subsets": [
+        {"addresses": [{"ip": f"10.0.0.{i}"} for i in range(1, 5)], "ports": [{"port": 80}]}]}
+    assert table("Endpoints", [eps], now=fixed)[1] == [
+        ["x", "10.0.0.1:80,10.0.0.2:80,10.0.0.3:80 + 1 more...", "2m"]]
+    assert table("Endpoints", [{"metadata": md}], now=fixed)[1] == [["x", "<none>", "2m"]]
+    event = {"kind": "Event", "metadata": {**md, "name": "p.1"}, "type": "Normal", "reason": "Started",
+             "message": "Started container c", "involvedObject": {"kind": "Pod", "name": "p"},
+             "source": {"component": "kubelet", "host": "worker"}, "count": 2,
+             "firstTimestamp": "2026-01-01T11:50:00Z", "lastTimestamp": "2026-01-01T11:59:30Z"}
+    headers, rows = table("Event", [event], wide=True, now=fixed)
+    assert headers == ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE", "SUBOBJECT", "SOURCE", "FIRST SEEN",
+                       "COUNT", "NAME"]
+    assert rows == [["30s", "Normal", "Started", "pod/p", "Started container c", "", "kubelet, worker", "10m", "2",
+                     "p.1"]]
+    policy = {"kind": "NetworkPolicy", "metadata": md, "spec": {"podSelector": {"matchLabels": {"app": "db"}}}}
+    assert table("NetworkPolicy", [policy], now=fixed)[1] == [["x", "app=db", "2m"]]
+    lease = {"kind": "Lease", "metadata": md, "spec": {"holderIdentity": "worker"}}
+    assert table("Lease", [lease], now=fixed)[1] == [["x", "worker", "2m"]]
+    sa = {"kind": "ServiceAccount", "metadata": md}
+    assert table("ServiceAccount", [sa], now=fixed)[1] == [["x", "0", "2m"]]
