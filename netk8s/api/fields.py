@@ -1201,7 +1201,7 @@ def field_at(kind: str, path: Sequence[str]) -> FieldSpec | None:
     """
     struct = kind_structure(kind)
     spec: FieldSpec | None = None
-    for i, name in enumerate(path):
+    for name in path:
         if struct is None:
             return None
         spec = struct.fields.get(name)
