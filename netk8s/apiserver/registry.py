@@ -107,11 +107,8 @@ class Registry:
     def _rebuild_allocations(self) -> None:
         services, _ = self.store.list(SERVICES.storage_prefix())
         for svc in services:
-            for ip in self._cluster_ips_of(svc):
-                self.cluster_ips.occupy(ip)
-            for port in svc.get("spec", {}).get("ports") or []:
-                if port.get("nodePort"):
-                    self.node_ports.occupy(int(port["nodePort"]))
+            for kind, value in self._allocations_of(svc):
+                (self.cluster_ips if kind == "ip" else self.node_ports).occupy(value)
 
     def _rebuild_dependents(self) -> None:
         for resource in RESOURCES:
@@ -675,9 +672,11 @@ class Registry:
         return out
 
     def _allocations_of(self, svc: dict) -> list[tuple[str, Any]]:
+        spec = svc.get("spec") or {}
         allocs: list[tuple[str, Any]] = [("ip", ip) for ip in self._cluster_ips_of(svc)]
-        allocs += [("port", int(p["nodePort"])) for p in (svc.get("spec") or {}).get("ports") or []
-                   if p.get("nodePort")]
+        allocs += [("port", int(p["nodePort"])) for p in spec.get("ports") or [] if p.get("nodePort")]
+        if spec.get("healthCheckNodePort"):
+            allocs.append(("port", int(spec["healthCheckNodePort"])))
         return allocs
 
     def _release(self, allocations: list[tuple[str, Any]]) -> None:
@@ -728,28 +727,40 @@ class Registry:
                     taken.append(("ip", ip))
                     spec["clusterIP"] = str(ip)
                 spec["clusterIPs"] = [spec["clusterIP"]]
+            def take_port(wanted: Any, path: str) -> int:
+                """A node port: the one asked for (if free or already ours), or any free one."""
+                if wanted:
+                    if ("port", int(wanted)) not in held:
+                        try:
+                            self.node_ports.allocate(int(wanted))
+                        except AllocationError as exc:
+                            raise st.invalid(resource, name, [FieldError(path, ErrorType.INVALID, wanted,
+                                                                         str(exc))]) from None
+                        taken.append(("port", int(wanted)))
+                    return int(wanted)
+                try:
+                    port_number = self.node_ports.allocate()
+                except AllocationError as exc:
+                    raise st.internal(f"failed to allocate a nodePort: {exc}") from None
+                taken.append(("port", port_number))
+                return port_number
+
             for i, port in enumerate(spec.get("ports") or []):
                 if svc_type in ("NodePort", "LoadBalancer"):
                     if svc_type == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False \
                             and not port.get("nodePort"):
                         continue
-                    wanted_port = port.get("nodePort")
-                    if wanted_port:
-                        if ("port", int(wanted_port)) not in held:
-                            try:
-                                self.node_ports.allocate(int(wanted_port))
-                            except AllocationError as exc:
-                                raise st.invalid(resource, name, [FieldError(
-                                    f"spec.ports[{i}].nodePort", ErrorType.INVALID, wanted_port, str(exc))]) from None
-                            taken.append(("port", int(wanted_port)))
-                    else:
-                        try:
-                            port["nodePort"] = self.node_ports.allocate()
-                        except AllocationError as exc:
-                            raise st.internal(f"failed to allocate a nodePort: {exc}") from None
-                        taken.append(("port", port["nodePort"]))
+                    port["nodePort"] = take_port(port.get("nodePort"), f"spec.ports[{i}].nodePort")
                 else:
                     port.pop("nodePort", None)
+            # kube-proxy answers load balancer health checks on this port for Local traffic policy.
+            if svc_type == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":
+                spec["healthCheckNodePort"] = take_port(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort")
+            elif spec.get("healthCheckNodePort"):
+                if svc_type != "LoadBalancer" or spec.get("externalTrafficPolicy") != "Local":
+                    raise st.invalid(resource, name, [FieldError(
+                        "spec.healthCheckNodePort", ErrorType.INVALID, spec["healthCheckNodePort"],
+                        "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'")])
         except st.StatusError:
             self._release(taken)
             raise
@@ -801,6 +812,9 @@ def _keep_allocated_values(current: dict, new: dict) -> None:
     if not new_spec.get("clusterIP") and cur_spec.get("clusterIP") and new_spec.get("type") != "ExternalName":
         new_spec["clusterIP"] = cur_spec["clusterIP"]
         new_spec["clusterIPs"] = cur_spec.get("clusterIPs") or [cur_spec["clusterIP"]]
+    if (new_spec.get("type") == "LoadBalancer" and new_spec.get("externalTrafficPolicy") == "Local"
+            and not new_spec.get("healthCheckNodePort") and cur_spec.get("healthCheckNodePort")):
+        new_spec["healthCheckNodePort"] = cur_spec["healthCheckNodePort"]
     if new_spec.get("type", "ClusterIP") in ("NodePort", "LoadBalancer"):
         old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
                      for p in cur_spec.get("ports") or []}

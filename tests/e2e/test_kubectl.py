@@ -71,6 +71,42 @@ def test_rollout_status_and_scale(cluster: Cluster) -> None:
     assert ready == "3"
 
 
+def test_rollout_undo_returns_to_the_previous_replicaset(cluster: Cluster) -> None:
+    kubectl(cluster, "set", "image", "deployment/echo", "echo=netk8s/echo:v2")
+    kubectl(cluster, "rollout", "status", "deployment/echo", "--timeout=60s")
+    history = kubectl(cluster, "rollout", "history", "deployment/echo").stdout
+    assert [line.split()[0] for line in history.splitlines()[2:] if line.strip()] == ["1", "2"]
+    assert kubectl(cluster, "rollout", "undo", "deployment/echo").stdout.strip() == "deployment.apps/echo rolled back"
+    kubectl(cluster, "rollout", "status", "deployment/echo", "--timeout=60s")
+    image = kubectl(cluster, "get", "deployment", "echo", "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+    assert image.stdout == "netk8s/echo"
+    replicasets = kubectl(cluster, "get", "rs", "-l", "app=echo", "-o", "name").stdout.split()
+    assert len(replicasets) == 2  # the first ReplicaSet was reused, not a third one made
+    revisions = kubectl(cluster, "get", "deployment", "echo", "-o",
+                        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}").stdout
+    assert revisions == "3"
+
+
+def test_api_resources_lists_what_is_served(cluster: Cluster) -> None:
+    out = kubectl(cluster, "api-resources").stdout
+    names = {line.split()[0] for line in out.splitlines()[1:]}
+    assert {"pods", "services", "deployments", "replicasets", "endpointslices", "configmaps", "secrets",
+            "namespaces", "nodes", "events", "endpoints", "networkpolicies", "leases", "serviceaccounts"} <= names
+    assert kubectl(cluster, "explain", "deployment.spec.replicas").returncode == 0
+
+
+def test_create_and_strict_field_validation(cluster: Cluster) -> None:
+    assert kubectl(cluster, "create", "namespace", "kc-extra").stdout.strip() == "namespace/kc-extra created"
+    assert kubectl(cluster, "create", "configmap", "settings", "-n", "kc-extra",
+                   "--from-literal=mode=fast").stdout.strip() == "configmap/settings created"
+    typo = ("apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: kc-extra}\n"
+            "spec: {ports: [{port: 80, targetPrt: 8080}]}\n")
+    failed = kubectl(cluster, "apply", "-f", "-", input=typo, check=False)
+    assert failed.returncode == 1
+    assert 'strict decoding error: unknown field "spec.ports[0].targetPrt"' in failed.stderr
+    kubectl(cluster, "delete", "namespace", "kc-extra")
+
+
 def test_get_wide_and_yaml(cluster: Cluster) -> None:
     cluster.wait_ready("pod", "client", timeout=60)
     wide = kubectl(cluster, "get", "pods", "-o", "wide").stdout.splitlines()

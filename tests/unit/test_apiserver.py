@@ -196,3 +196,33 @@ def test_discovery(api: ApiClient) -> None:
         r["name"] for r in core["resources"]}
     groups = {g["name"] for g in api.request("GET", "/apis")["groups"]}
     assert {"apps", "discovery.k8s.io"} <= groups
+
+
+def test_out_of_range_addresses_and_ports_and_health_check_port(api: ApiClient) -> None:
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("far", clusterIP="10.200.0.1"), "default")
+    assert "provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/16" in str(exc.value)
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("low", type="NodePort", ports=[{"port": 80, "nodePort": 8080}]), "default")
+    assert ("spec.ports[0].nodePort: Invalid value: 8080: provided port is not in the valid range. The range of "
+            "valid ports is 30000-32767") in str(exc.value)
+    lb = api.create(SVCS, svc("lb", type="LoadBalancer", externalTrafficPolicy="Local"), "default")
+    health = lb["spec"]["healthCheckNodePort"]
+    assert 30000 <= health <= 32767 and health != lb["spec"]["ports"][0]["nodePort"]
+    # Switching the policy to Cluster releases the health check port; a new service can take it.
+    api.patch(SVCS, "lb", {"spec": {"externalTrafficPolicy": "Cluster", "healthCheckNodePort": None}}, "default")
+    assert "healthCheckNodePort" not in api.get(SVCS, "lb", "default")["spec"]
+    other = api.create(SVCS, svc("np", type="NodePort", ports=[{"port": 80, "nodePort": health}]), "default")
+    assert other["spec"]["ports"][0]["nodePort"] == health
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("bad", type="NodePort", healthCheckNodePort=31000), "default")
+    assert "spec.healthCheckNodePort" in str(exc.value)
+
+
+def test_type_change_releases_node_ports(api: ApiClient) -> None:
+    created = api.create(SVCS, svc("np", type="NodePort", ports=[{"port": 80, "nodePort": 30100}]), "default")
+    assert created["spec"]["ports"][0]["nodePort"] == 30100
+    api.patch(SVCS, "np", {"spec": {"type": "ClusterIP", "ports": [{"port": 80}]}}, "default")
+    assert "nodePort" not in api.get(SVCS, "np", "default")["spec"]["ports"][0]
+    assert api.create(SVCS, svc("np2", type="NodePort", ports=[{"port": 80, "nodePort": 30100}]),
+                      "default")["spec"]["ports"][0]["nodePort"] == 30100
