@@ -21,7 +21,7 @@ from netk8s.apiserver.patch import merge_key, strategic_merge_patch
 
 Path = tuple[str, ...]
 
-_IGNORED_METADATA = {"managedFields", "resourceVersion", "uid", "creationTimestamp", "generation",
+_IGNORED_METADATA = {"name", "namespace", "managedFields", "resourceVersion", "uid", "creationTimestamp", "generation",
                      "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"}
 
 
@@ -129,6 +129,19 @@ def conflicts(config: dict, live: dict, others: dict[str, set[Path]]) -> list[tu
             if path in owned:
                 out.append((manager, path))
     return out
+
+
+def conflict_message(found: list[tuple[str, Path]]) -> str:
+    """kube-apiserver's wording for apply conflicts."""
+    if len(found) == 1:
+        manager, path = found[0]
+        return f'Apply failed with 1 conflict: conflict with "{manager}": {render_path(path)}'
+    by_manager: dict[str, list[Path]] = {}
+    for manager, path in found:
+        by_manager.setdefault(manager, []).append(path)
+    parts = [f'conflicts with "{m}":\n' + "\n".join(f"- {render_path(p)}" for p in paths)
+             for m, paths in by_manager.items()]
+    return f"Apply failed with {len(found)} conflicts: " + "\n".join(parts)
 
 
 def render_path(path: Path) -> str:

@@ -620,9 +620,7 @@ class Registry:
         previous = managers.pop(manager, set())
         found = ssa.conflicts(config, live, managers)
         if found and not force:
-            detail = "\n".join(f'- conflict with "{m}": {ssa.render_path(p)}' for m, p in found)
-            raise st.StatusError(409, "Conflict", f"Apply failed with {len(found)} conflict"
-                                 f"{'s' if len(found) > 1 else ''}: {detail}",
+            raise st.StatusError(409, "Conflict", ssa.conflict_message(found),
                                  {"causes": [{"reason": "FieldManagerConflict", "message": f'conflict with "{m}"',
                                               "field": ssa.render_path(p)} for m, p in found]})
         others = set().union(*managers.values()) if managers else set()

@@ -107,6 +107,22 @@ def test_create_and_strict_field_validation(cluster: Cluster) -> None:
     kubectl(cluster, "delete", "namespace", "kc-extra")
 
 
+def test_server_side_apply(cluster: Cluster) -> None:
+    config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: '1', b: '2'}\n"
+    first = kubectl(cluster, "apply", "--server-side", "-f", "-", input=config)
+    assert first.stdout.strip() == "configmap/ssa serverside-applied"
+    kubectl(cluster, "apply", "--server-side", "-f", "-", input=config.replace(", b: '2'", ""))
+    data = json.loads(kubectl(cluster, "get", "configmap", "ssa", "-o", "jsonpath={.data}").stdout)
+    assert data == {"a": "1"}  # the manager dropped b, so b is gone
+    other = config.replace("a: '1', b: '2'", "a: '9'")
+    conflict = kubectl(cluster, "apply", "--server-side", "--field-manager=other", "-f", "-", input=other,
+                       check=False)
+    assert conflict.returncode == 1
+    assert 'Apply failed with 1 conflict: conflict with "kubectl": .data.a' in conflict.stderr
+    kubectl(cluster, "apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", "-", input=other)
+    assert kubectl(cluster, "get", "configmap", "ssa", "-o", "jsonpath={.data.a}").stdout == "9"
+
+
 def test_get_wide_and_yaml(cluster: Cluster) -> None:
     cluster.wait_ready("pod", "client", timeout=60)
     wide = kubectl(cluster, "get", "pods", "-o", "wide").stdout.splitlines()
