@@ -141,6 +141,22 @@ def set_condition(conditions: list[dict], cond_type: str, status: str, reason: s
     return out
 
 
+def toleration_tolerates(toleration: dict, taint: dict) -> bool:
+    """core/v1 Toleration.ToleratesTaint: effect and key (when set) match, then the operator."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.get("effect"):
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint.get("key"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Exists":
+        return True
+    if operator == "Equal":
+        return (toleration.get("value") or "") == (taint.get("value") or "")
+    return False
+
+
 def pod_is_ready(pod: dict) -> bool:
     return condition_true(pod, "Ready")
 

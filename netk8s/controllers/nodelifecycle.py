@@ -188,22 +188,6 @@ def node_taints(node: dict) -> list[dict]:
 # -- tolerations and eviction ----------------------------------------------------------------
 
 
-def toleration_matches(toleration: dict, taint: dict) -> bool:
-    """Whether ``toleration`` tolerates ``taint`` (Kubernetes' ToleratesTaint)."""
-    effect = toleration.get("effect") or ""
-    if effect and effect != taint.get("effect"):
-        return False
-    key = toleration.get("key") or ""
-    if key and key != taint.get("key"):
-        return False
-    operator = toleration.get("operator") or "Equal"
-    if operator == "Exists":
-        return True
-    if operator == "Equal":
-        return (toleration.get("value") or "") == (taint.get("value") or "")
-    return False
-
-
 def _tolerates_no_execute_key(toleration: dict, key: str) -> bool:
     return (toleration.get("key") or "") in ("", key) and \
         (toleration.get("effect") or "") in ("", TaintEffect.NO_EXECUTE.value)
@@ -230,7 +214,7 @@ def eviction_time(pod: dict, taints: list[dict], eviction_timeout: float,
         if taint.get("effect") != TaintEffect.NO_EXECUTE.value:
             continue
         added = meta.parse_time(taint.get("timeAdded")) or now
-        matching = next((tol for tol in tolerations if toleration_matches(tol, taint)), None)
+        matching = next((tol for tol in tolerations if meta.toleration_tolerates(tol, taint)), None)
         if matching is None:
             candidate = min(added, now)
         elif matching.get("tolerationSeconds") is None:

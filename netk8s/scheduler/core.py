@@ -156,24 +156,8 @@ def pod_priority(pod: dict) -> int:
 # -- taints and tolerations ------------------------------------------------------------
 
 
-def toleration_tolerates(toleration: dict, taint: dict) -> bool:
-    """core/v1 Toleration.ToleratesTaint: effect and key (when set) match, then the operator."""
-    effect = toleration.get("effect") or ""
-    if effect and effect != taint.get("effect"):
-        return False
-    key = toleration.get("key") or ""
-    if key and key != taint.get("key"):
-        return False
-    operator = toleration.get("operator") or "Equal"
-    if operator == "Exists":
-        return True
-    if operator == "Equal":
-        return (toleration.get("value") or "") == (taint.get("value") or "")
-    return False
-
-
 def tolerates(tolerations: Iterable[dict], taint: dict) -> bool:
-    return any(toleration_tolerates(t, taint) for t in tolerations)
+    return any(meta.toleration_tolerates(t, taint) for t in tolerations)
 
 
 def node_taints(node: dict) -> list[dict]:

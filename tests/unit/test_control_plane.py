@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -23,21 +23,12 @@ from netk8s.controllers.deployment import template_hash
 from netk8s.controllers.endpointslice import desired_slices
 from netk8s.controllers.manager import ControllerManager
 from netk8s.scheduler.scheduler import Scheduler
+from netk8s.testing.helpers import wait_for
 
 SVCS = SERVICES
 DEPLOYS = DEPLOYMENTS
 RS = REPLICASETS
 SLICES = ENDPOINTSLICES
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -54,6 +54,7 @@ from netk8s.controllers.deployment import (
 )
 from netk8s.controllers.replicaset import ReplicaSetController
 from netk8s.errors import ApiError, ValidationError
+from netk8s.testing.helpers import wait_for
 
 NS = "default"
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -324,16 +325,6 @@ def test_rollout_status_progress_and_deadline() -> None:
 
 
 # -- against the API server ---------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -19,6 +19,7 @@ from netk8s.controllers.endpoints import (
     subsets_equal,
     truncate_subsets,
 )
+from netk8s.testing.helpers import wait_for
 
 
 def service(ports: list[dict] | None = None, cluster_ip: str = "10.96.0.20", **spec: object) -> dict:
@@ -143,16 +144,6 @@ def test_trigger_time_tracker() -> None:
 
 
 # -- against the API server -------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

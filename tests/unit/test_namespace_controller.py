@@ -9,7 +9,7 @@ subresource) and on metadata.finalizers holding objects back.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -34,15 +34,7 @@ from netk8s.controllers.namespace import (
     with_conditions,
 )
 from netk8s.errors import ApiError
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from netk8s.testing.helpers import wait_for
 
 
 def condition(obj: dict, cond_type: str) -> dict:

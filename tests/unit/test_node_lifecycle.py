@@ -25,7 +25,6 @@ from netk8s.controllers.nodelifecycle import (
     format_time,
     not_ready_pod_conditions,
     remove_taints,
-    toleration_matches,
     unknown_conditions,
     unreachable_taints,
     with_default_tolerations,
@@ -38,21 +37,13 @@ from netk8s.kubelet.lease import (
     parse_micro_time,
     renewed_lease,
 )
+from netk8s.testing.helpers import wait_for
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
 def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def wait_for_object(fetch: Callable[[], dict], predicate: Callable[[dict], bool], timeout: float = 5.0) -> dict:
@@ -191,7 +182,7 @@ def test_unreachable_taints_added_once_and_removed() -> None:
     ({"key": "k", "operator": "Gt", "value": "1"}, {"key": "k", "effect": "NoExecute"}, False),
 ])
 def test_toleration_matching(toleration: dict, taint: dict, expected: bool) -> None:
-    assert toleration_matches(toleration, taint) is expected
+    assert meta.toleration_tolerates(toleration, taint) is expected
 
 
 def test_default_tolerations_only_where_the_pod_has_none() -> None:

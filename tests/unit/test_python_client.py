@@ -5,8 +5,7 @@ updates, patch, delete with propagation, scale."""
 from __future__ import annotations
 
 import ipaddress
-import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 import yaml
@@ -21,18 +20,9 @@ from kubernetes.client.rest import ApiException  # noqa: E402
 from netk8s.client.rest import ApiClient  # noqa: E402
 from netk8s.cluster.state import StateDir, write_kubeconfig  # noqa: E402
 from netk8s.controllers.manager import ControllerManager  # noqa: E402
+from netk8s.testing.helpers import wait_for
 
 MERGE = "application/merge-patch+json"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

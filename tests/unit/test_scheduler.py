@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
 
 import pytest
 
@@ -25,6 +24,7 @@ from netk8s.scheduler.core import (
     tolerates,
 )
 from netk8s.scheduler.scheduler import Scheduler
+from netk8s.testing.helpers import wait_for
 
 
 def node(name: str, ready: bool = True, taints: list | None = None, unschedulable: bool = False,
@@ -318,16 +318,6 @@ def test_least_allocated_score_uses_integer_math_and_non_zero_defaults() -> None
 
 
 # -- the scheduler process: bindings and events ----------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def events_for(api: ApiClient, name: str) -> list[dict]:
