@@ -12,6 +12,7 @@ from netk8s.topology.schema import (
     CONTROL_PLANE_TAINT,
     DEFAULT_CLUSTER_NAME,
     KIND,
+    CniPlugin,
     ControlPlaneSpec,
     Endpoint,
     HostSpec,
@@ -31,6 +32,7 @@ from netk8s.topology.schema import (
 __all__ = [
     "API_VERSION",
     "CONTROL_PLANE_TAINT",
+    "CniPlugin",
     "ControlPlaneSpec",
     "DEFAULT_CLUSTER_NAME",
     "KIND",

@@ -46,6 +46,7 @@ from netk8s.topology.schema import (
     P2P_POOL,
     P2P_PREFIXLEN,
     POD_CIDR_PREFIXLEN,
+    CniPlugin,
     ControlPlaneSpec,
     Endpoint,
     HostSpec,
@@ -72,13 +73,13 @@ logger = logging.getLogger(__name__)
 _TOP_FIELDS = ("apiVersion", "kind", "name", "podSubnet", "serviceSubnet", "nodePortRange", "networking",
                "proxyMode", "store", "controlPlane", "nodes", "hosts", "switches", "routers", "links", "manifests")
 _CONTROL_PLANE_FIELDS = ("nodeMonitorGracePeriod", "podEvictionTimeout")
-_NETWORKING_FIELDS = ("mode",)
+_NETWORKING_FIELDS = ("mode", "cni")
 _NODE_FIELDS = ("name", "role", "labels", "taints", "capacity", "ip")
 _TAINT_FIELDS = ("key", "value", "effect")
 _HOST_FIELDS = ("name", "ip")
 _SWITCH_FIELDS = ("name", "subnet")
 _ROUTER_FIELDS = ("name",)
-_LINK_FIELDS = ("endpoints", "bandwidth")
+_LINK_FIELDS = ("endpoints", "bandwidth", "loss", "delay")
 
 # Kubernetes resource quantities as capacity uses them: 4, 500m, 8Gi, 1.5, 1e3.
 _QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?")
@@ -179,7 +180,7 @@ def to_dict(topology: Topology) -> dict[str, Any]:
         "podSubnet": str(topology.pod_subnet),
         "serviceSubnet": str(topology.service_subnet),
         "nodePortRange": f"{topology.node_port_range[0]}-{topology.node_port_range[1]}",
-        "networking": {"mode": topology.networking_mode.value},
+        "networking": {"mode": topology.networking_mode.value, "cni": topology.cni_plugin.value},
         "proxyMode": topology.proxy_mode.value,
         "store": topology.store.value,
         "controlPlane": {"nodeMonitorGracePeriod": f"{topology.control_plane_spec.node_monitor_grace_period:g}s",
@@ -213,6 +214,10 @@ def to_dict(topology: Topology) -> dict[str, Any]:
         if link.bandwidth_mbit is not None:
             bw = link.bandwidth_mbit
             entry["bandwidth"] = int(bw) if float(bw).is_integer() else bw
+        if link.loss_percent is not None:
+            entry["loss"] = f"{link.loss_percent:g}%"
+        if link.delay_ms is not None:
+            entry["delay"] = f"{link.delay_ms:g}ms"
         links.append(entry)
     out["links"] = links
     out["manifests"] = [str(m) if isinstance(m, Path) else copy.deepcopy(m) for m in topology.manifests]
@@ -424,6 +429,30 @@ def _capacity(value: Any, path: str) -> dict[str, str]:
     return capacity
 
 
+def _loss(value: Any, path: str) -> float | None:
+    """Packet loss in percent: 1.5, "1.5%"; 0 < loss < 100."""
+    if value is None:
+        return None
+    text = str(value).strip().removesuffix("%") if not isinstance(value, bool) else ""
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not 0 < number < 100:
+        raise ValidationError(path, f"expected a loss percentage between 0 and 100 like 1% or 0.5%, "
+                                    f"got {render(value)}")
+    return number
+
+
+def _delay_ms(value: Any, path: str) -> float | None:
+    """One-way delay: "10ms", "0.5s", or a number of milliseconds."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"{value}ms"
+    return _duration(value, path, 0.0) * 1000.0
+
+
 def _bandwidth(value: Any, path: str) -> float | None:
     if value is None:
         return None
@@ -451,6 +480,8 @@ class _RawLink:
     names: tuple[str, str]
     bandwidth: float | None
     switch: str | None
+    loss: float | None = None
+    delay_ms: float | None = None
 
 
 class _Pool:
@@ -494,6 +525,7 @@ class _Builder:
         networking = {} if d.get("networking") is None else _fields(
             d["networking"], "networking", _NETWORKING_FIELDS, "a mapping like {mode: host-gw}")
         mode = _enum(networking.get("mode"), "networking.mode", NetworkingMode, NetworkingMode.HOST_GW)
+        cni = _enum(networking.get("cni"), "networking.cni", CniPlugin, CniPlugin.NETK8S)
         proxy_mode = _enum(d.get("proxyMode"), "proxyMode", ProxyMode, ProxyMode.IPTABLES)
         store = _enum(d.get("store"), "store", StoreKind, StoreKind.SQLITE)
         control_plane = self._control_plane()
@@ -512,7 +544,7 @@ class _Builder:
             name=name, pod_subnet=pod_subnet, service_subnet=service_subnet, node_port_range=port_range,
             networking_mode=mode, proxy_mode=proxy_mode, store=store, nodes=tuple(nodes), hosts=tuple(hosts),
             switches=tuple(switches), routers=tuple(routers), links=tuple(links), manifests=tuple(manifests),
-            control_plane_spec=control_plane, source=None,
+            control_plane_spec=control_plane, cni_plugin=cni, source=None,
         )
 
     def _control_plane(self) -> ControlPlaneSpec:
@@ -684,7 +716,8 @@ class _Builder:
         if switch is None and "router" not in (a.kind, b.kind):
             raise ValidationError(epath, f'{a.kind} "{a.name}" and {b.kind} "{b.name}" cannot be linked directly; '
                                          "link each to a switch, or put a router between them")
-        link = _RawLink(path, (a.name, b.name), _bandwidth(obj.get("bandwidth"), _sub(path, "bandwidth")), switch)
+        link = _RawLink(path, (a.name, b.name), _bandwidth(obj.get("bandwidth"), _sub(path, "bandwidth")), switch,
+                        _loss(obj.get("loss"), _sub(path, "loss")), _delay_ms(obj.get("delay"), _sub(path, "delay")))
         for side, member in enumerate(members):
             if member.kind != "switch":
                 member.ends.append((index, side))
@@ -788,7 +821,7 @@ class _Builder:
                     ends.append(Endpoint(name, f"{name}-p{ports[name]}", None))
                 else:
                     ends.append(Endpoint(name, ifnames[index, side], addresses[index, side]))
-            specs.append(LinkSpec(ends[0], ends[1], link.bandwidth, link.switch))
+            specs.append(LinkSpec(ends[0], ends[1], link.bandwidth, link.switch, link.loss, link.delay_ms))
         return specs
 
     def _manifests(self) -> list[Path | dict]:

@@ -50,6 +50,18 @@ class NetworkingMode(str, Enum):
     VXLAN = "vxlan"
 
 
+class CniPlugin(str, Enum):
+    """The CNI plugin the kubelets call: netk8s's own, or the reference bridge + host-local."""
+
+    NETK8S = "netk8s"
+    BRIDGE = "bridge"
+
+    @property
+    def plugin_type(self) -> str:
+        """The CNI ``type`` (executable name) in the node's network configuration."""
+        return "netk8s-cni" if self is CniPlugin.NETK8S else "bridge"
+
+
 class ProxyMode(str, Enum):
     IPTABLES = "iptables"
     NFTABLES = "nftables"
@@ -113,6 +125,8 @@ class LinkSpec:
     b: Endpoint
     bandwidth_mbit: float | None
     switch: str | None  # the switch this link plugs into; None for router point-to-point links
+    loss_percent: float | None = None
+    delay_ms: float | None = None
 
     def ends(self) -> tuple[Endpoint, Endpoint]:
         return (self.a, self.b)
@@ -178,6 +192,7 @@ class Topology:
     links: tuple[LinkSpec, ...]
     manifests: tuple[Path | dict, ...] = field(default=(), hash=False)
     control_plane_spec: ControlPlaneSpec = ControlPlaneSpec()
+    cni_plugin: CniPlugin = CniPlugin.NETK8S
     # Where the topology was read from; provenance only, so not part of equality.
     source: Path | None = field(default=None, compare=False)
 

@@ -14,6 +14,7 @@ import yaml
 from netk8s.errors import NotFoundError, ValidationError
 from netk8s.topology import (
     CONTROL_PLANE_TAINT,
+    CniPlugin,
     ControlPlaneSpec,
     Endpoint,
     NetworkingMode,
@@ -355,8 +356,8 @@ TWO_SWITCHES = base(
     (base(nodes=[{"name": "cp", "role": "control-plane"}, {"name": "w1", "lables": {}}]),
      'nodes[1].lables: unknown field; did you mean "labels"?'),
     (base(podSubnett="10.0.0.0/16"), 'podSubnett: unknown field; did you mean "podSubnet"?'),
-    (base(networking={"mode": "vxlan", "mtu": 1400}), "networking.mtu: unknown field; allowed fields: mode"),
-    (_set(TWO_SWITCHES, "links.0.weight", 3), "links[0].weight: unknown field; allowed fields: endpoints, bandwidth"),
+    (base(networking={"mode": "vxlan", "mtu": 1400}), "networking.mtu: unknown field; allowed fields: mode, cni"),
+    (_set(TWO_SWITCHES, "links.0.weight", 3), "links[0].weight: unknown field; allowed fields: endpoints, bandwidth, loss, delay"),
     (base(hosts=[{"name": "c", "role": "x"}]), "hosts[0].role: unknown field; allowed fields: name, ip"),
     # header
     (_set(base(), "apiVersion", "v1"), 'apiVersion: unsupported value "v1"; use netk8s.io/v1alpha1'),
@@ -523,3 +524,18 @@ def test_control_plane_timings_parse_and_round_trip() -> None:
     with pytest.raises(ValidationError, match=r'^controlPlane.podEvictionTimout: unknown field; did you mean '
                                               r'"podEvictionTimeout"\?'):
         load_dict({**base, "controlPlane": {"podEvictionTimout": "5s"}})
+
+
+def test_link_loss_delay_and_cni_plugin() -> None:
+    base = {"apiVersion": "netk8s.io/v1alpha1", "kind": "Cluster", "nodes": [{"name": "cp", "role": "control-plane"}],
+            "switches": [{"name": "s1"}]}
+    topo = load_dict({**base, "networking": {"cni": "bridge"},
+                      "links": [{"endpoints": ["cp", "s1"], "loss": "2.5%", "delay": "15ms"}]})
+    assert topo.cni_plugin is CniPlugin.BRIDGE and topo.cni_plugin.plugin_type == "bridge"
+    assert (topo.links[0].loss_percent, topo.links[0].delay_ms) == (2.5, 15.0)
+    assert load_dict(to_dict(topo)) == topo
+    with pytest.raises(ValidationError, match=r"^links\[0\]\.loss: expected a loss percentage"):
+        load_dict({**base, "links": [{"endpoints": ["cp", "s1"], "loss": "150%"}]})
+    with pytest.raises(ValidationError, match=r'^networking\.cni: unsupported value "calico"; use one of: netk8s, '
+                                              r'bridge'):
+        load_dict({**base, "networking": {"cni": "calico"}, "links": [{"endpoints": ["cp", "s1"]}]})
