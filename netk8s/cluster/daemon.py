@@ -89,6 +89,7 @@ class ClusterDaemon:
             node_ip = topo.primary_address(node.name)
             subnets = [iface.address.network for iface in topo.interfaces_of(node.name) if iface.address]
             kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state,
+                                                         cni_plugin=topo.cni_plugin.plugin_type,
                                                          lease_duration=timings.node_monitor_grace_period))
             self.kubelets.append(kubelet)
             self._run(kubelet)

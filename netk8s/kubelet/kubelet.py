@@ -34,7 +34,7 @@ from netk8s.cluster.naming import (
     pod_netns,
 )
 from netk8s.cluster.state import StateDir
-from netk8s.cni.invoker import Attachment, CniInvoker, node_conflist
+from netk8s.cni.invoker import Attachment, CniInvoker, load_conflist, node_conflist
 from netk8s.errors import ApiError, NetK8sError
 from netk8s.kernel import netns
 from netk8s.kubelet.images import ImageNotFound, PodContext, command_for
@@ -214,8 +214,11 @@ class Kubelet(Controller):
         conflist = node_conflist(CNI_NETWORK_NAME, pod_cidr, cni_dir / "networks", self.config.mtu,
                                  plugin_type=self.config.cni_plugin)
         cni_dir.mkdir(parents=True, exist_ok=True)
-        (cni_dir / "10-netk8s.conflist").write_text(json.dumps(conflist, indent=2))
-        self._cni = CniInvoker(conflist, list(self.config.cni_bin_dirs), netns.path_of(self.config.netns),
+        # Like a kubelet with a CNI runtime: the node's network config is a file, read back from disk.
+        conf_file = cni_dir / "10-netk8s.conflist"
+        conf_file.write_text(json.dumps(conflist, indent=2))
+        self._cni = CniInvoker(load_conflist(conf_file), list(self.config.cni_bin_dirs),
+                               netns.path_of(self.config.netns),
                                in_process=self.config.cni_in_process)
         self._network_ready.set()
         self._report_node_status()
