@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--stdin", action="store_true", help="accepted for kubectl compatibility")
     p.add_argument("-t", "--tty", action="store_true", help="accepted for kubectl compatibility")
 
-    for kind in ("node", "host"):
+    for kind in ("node", "host", "router", "switch"):
         p = sub.add_parser(kind, parents=[common], help=f"act on an emulated {kind}")
         kind_sub = p.add_subparsers(dest="action", metavar="ACTION")
         kind_sub.required = True
@@ -315,8 +315,8 @@ def cmd_node_power(args: argparse.Namespace) -> int:
 
 def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
     cluster = _cluster(args)
-    machine = cluster.node(args.target) if args.command == "node" else cluster.host(args.target)
-    return _exec_in(machine.netns, command, None)
+    lookup = {"node": cluster.node, "host": cluster.host, "router": cluster.router, "switch": cluster.switch}
+    return _exec_in(lookup[args.command](args.target).netns, command, None)
 
 
 COMMANDS = {
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if command:
                 raise UserError(f"unexpected arguments after --: {' '.join(command)}")
             return cmd_node_power(args)
-        if args.command in ("node", "host"):
+        if args.command in ("node", "host", "router", "switch"):
             return cmd_machine_exec(args, command)
         if command:
             raise UserError(f"unexpected arguments after --: {' '.join(command)}")

@@ -187,6 +187,19 @@ class Cluster:
             raise NotFoundError(f'host "{name}" not found in cluster {self.name}; external hosts: {known}')
         return Machine(name, node_netns(self.name, name))
 
+    def router(self, name: str) -> Machine:
+        if name not in {r.name for r in self.topology.routers}:
+            known = ", ".join(r.name for r in self.topology.routers) or "none"
+            raise NotFoundError(f'router "{name}" not found in cluster {self.name}; routers: {known}')
+        return Machine(name, node_netns(self.name, name))
+
+    def switch(self, name: str) -> Machine:
+        """A switch's namespace (the bridge and its ports: capture here to see a segment's frames)."""
+        if name not in {s.name for s in self.topology.switches}:
+            known = ", ".join(s.name for s in self.topology.switches) or "none"
+            raise NotFoundError(f'switch "{name}" not found in cluster {self.name}; switches: {known}')
+        return Machine(name, node_netns(self.name, name))
+
 
 def pod_exec_target(client: ApiClient, cluster: str, pod_name: str, namespace: str) -> tuple[str, dict[str, str]]:
     """The namespace to exec in and the environment a container of the pod sees."""

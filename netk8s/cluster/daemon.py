@@ -3,9 +3,10 @@
 Started by ``netk8s up`` (``python -m netk8s.cluster.daemon <state dir>``), it
 runs the control plane (store, API server, controller manager, scheduler),
 builds the emulated network, and runs each node's agents (kubelet, kube-proxy,
-host-gw routing) and the external hosts' route agents. It reports progress in
-``cluster.json`` (phase Running or Failed with the error) and, on SIGTERM or
-SIGINT, stops everything and removes every kernel object it recorded.
+host-gw routing or the VXLAN overlay) and the external hosts' and routers' route
+agents. It reports progress in ``cluster.json`` (phase Running or Failed with
+the error) and, on SIGTERM or SIGINT, stops everything and removes every kernel
+object it recorded.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from netk8s.cluster.naming import node_netns
 from netk8s.cluster.state import Phase, StateDir, write_kubeconfig
 from netk8s.cluster.teardown import teardown
 from netk8s.cni.hostgw import HostGwAgent
+from netk8s.cni.vxlan import VxlanAgent, VxlanConfig, overlay_mtu, route_external_host
 from netk8s.controllers.manager import ControllerManager
-from netk8s.emulator.network import EmulatedNetwork
+from netk8s.emulator.network import LINK_MTU, EmulatedNetwork
 from netk8s.errors import NetK8sError
 from netk8s.kernel.procs import start_time
 from netk8s.kubelet.kubelet import Kubelet, KubeletConfig
@@ -62,8 +64,6 @@ class ClusterDaemon:
         topo = self.topology
         if topo.store is not StoreKind.SQLITE:
             raise NetK8sError(f"store: {topo.store.value} is not available yet; use sqlite")
-        if topo.networking_mode is not NetworkingMode.HOST_GW:
-            raise NetK8sError(f"networking.mode: {topo.networking_mode.value} is not available yet; use host-gw")
         self.store = SQLiteStore(self.state.store_file)
         timings = topo.control_plane_spec
         registry = Registry(self.store, RegistryConfig(topo.service_subnet, topo.node_port_range,
@@ -84,21 +84,37 @@ class ClusterDaemon:
         self.controller_manager = ControllerManager(self.client, topo.pod_subnet, timings)
         self.controller_manager.start()
         self._run(Scheduler(self.client))
+        # Pod networking: host-gw routes (nodes, external hosts, routers) or the VXLAN overlay (nodes;
+        # external hosts route the pod subnet via a nearby node; routers carry only the underlay).
+        vxlan = topo.networking_mode is NetworkingMode.VXLAN
         for node in topo.nodes:
             ns = node_netns(topo.name, node.name)
             node_ip = topo.primary_address(node.name)
             subnets = [iface.address.network for iface in topo.interfaces_of(node.name) if iface.address]
             kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state,
                                                          cni_plugin=topo.cni_plugin.plugin_type,
+                                                         mtu=overlay_mtu(LINK_MTU) if vxlan else LINK_MTU,
                                                          lease_duration=timings.node_monitor_grace_period))
             self.kubelets.append(kubelet)
             self._run(kubelet)
-            self._run(HostGwAgent(self.client, ns, node.name, subnets))
+            if vxlan:
+                self._run(VxlanAgent(self.client, VxlanConfig.for_node(topo, node.name, ns)))
+            else:
+                self._run(HostGwAgent(self.client, ns, node.name, subnets))
             self._run(Proxier(self.client, ProxyConfig(node_name=node.name, node_ip=node_ip,
                                                        cluster_cidr=topo.pod_subnet), ns))
         for host in topo.hosts:
-            subnets = [iface.address.network for iface in topo.interfaces_of(host.name) if iface.address]
-            self._run(HostGwAgent(self.client, node_netns(topo.name, host.name), None, subnets))
+            ns = node_netns(topo.name, host.name)
+            if vxlan:
+                route_external_host(topo, host.name, ns)
+            else:
+                subnets = [iface.address.network for iface in topo.interfaces_of(host.name) if iface.address]
+                self._run(HostGwAgent(self.client, ns, None, subnets))
+        if not vxlan:
+            plan = self.network.plan
+            for router in topo.routers:
+                self._run(HostGwAgent(self.client, node_netns(topo.name, router.name), None,
+                                      plan.connected(router.name), plan.router_routes.get(router.name)))
         self._wait_nodes_ready()
         for manifest in topo.manifests:
             base = topo.source.parent if topo.source else None

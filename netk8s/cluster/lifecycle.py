@@ -27,7 +27,7 @@ from netk8s.cluster.state import (
     list_clusters,
 )
 from netk8s.cluster.teardown import TeardownReport, teardown
-from netk8s.emulator.network import preflight
+from netk8s.emulator.network import EmulatedNetwork, preflight
 from netk8s.errors import ClusterExistsError, NetK8sError, NotFoundError, UserError
 from netk8s.kernel import procs
 from netk8s.kubelet.runtime import read_log_tail
@@ -65,6 +65,12 @@ def up(topology: Topology, timeout: float = UP_TIMEOUT) -> ClusterRecord:
         raise ClusterExistsError(f'cluster "{topology.name}" has leftover state from a run that did not stop '
                                  f"cleanly ({state.path}); run `netk8s down --name {topology.name}` to clean up")
     state.create(ClusterRecord(name=topology.name, created=meta.now(), topology=to_dict(topology)))
+    try:
+        # Missing kernel features (netem for link delay) fail here, before anything is started.
+        EmulatedNetwork(topology, state).check_link_features()
+    except NetK8sError:
+        down(topology.name)
+        raise
     with open(state.log_file, "ab") as log_file:
         daemon = subprocess.Popen([sys.executable, "-m", "netk8s.cluster.daemon", str(state.path)],
                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
