@@ -66,15 +66,19 @@ def _status_response(err: st.StatusError) -> web.Response:
 def container_log(logs_dir: Path | None, pod: dict, container: str | None, previous: bool) -> Path:
     """The log file ``kubectl logs`` asks for, with kube-apiserver's errors when there is none."""
     name = pod["metadata"]["name"]
-    containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    spec = pod.get("spec") or {}
+    containers = [c.get("name") for c in spec.get("containers") or []]
+    init_containers = [c.get("name") for c in spec.get("initContainers") or []]
     if not container:
         if len(containers) != 1:
             raise st.bad_request(f"a container name must be specified for pod {name}, choose one of: "
                                  f"[{' '.join(containers)}]")
         container = containers[0]
-    if container not in containers:
+    if container not in containers + init_containers:
         raise st.bad_request(f"container {container} is not valid for pod {name}")
-    statuses = {c.get("name"): c for c in (pod.get("status") or {}).get("containerStatuses") or []}
+    status_of = pod.get("status") or {}
+    statuses = {c.get("name"): c for c in (status_of.get("containerStatuses") or [])
+                + (status_of.get("initContainerStatuses") or [])}
     status = statuses.get(container) or {}
     restarts = int(status.get("restartCount", 0))
     if previous:

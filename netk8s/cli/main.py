@@ -285,16 +285,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exec_in(netns: str, command: list[str], env: dict[str, str] | None) -> int:
+def _exec_in(prefix: list[str], command: list[str], env: dict[str, str] | None) -> int:
     if not command:
         raise UserError("missing command: use netk8s ... exec NAME -- COMMAND [ARGS...]")
     if os.geteuid() != 0:
         raise UserError("exec needs root (it enters network namespaces): run it with sudo")
-    argv = ["ip", "netns", "exec", netns, *command]
+    argv = [*prefix, *command]
     sys.stdout.flush()
     if env is None:
-        os.execvp("ip", argv)
-    os.execvpe("ip", argv, env)
+        os.execvp(argv[0], argv)
+    os.execvpe(argv[0], argv, env)
     return 1  # not reached
 
 
@@ -302,8 +302,8 @@ def cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from netk8s.cluster.api import pod_exec_target
 
     cluster = _cluster(args)
-    netns, env = pod_exec_target(cluster.client, cluster.name, args.pod, args.namespace)
-    return _exec_in(netns, command, env)
+    prefix, env = pod_exec_target(cluster.client, cluster.name, args.pod, args.namespace)
+    return _exec_in(prefix, command, env)
 
 
 def cmd_node_power(args: argparse.Namespace) -> int:
@@ -316,7 +316,7 @@ def cmd_node_power(args: argparse.Namespace) -> int:
 def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
     cluster = _cluster(args)
     lookup = {"node": cluster.node, "host": cluster.host, "router": cluster.router, "switch": cluster.switch}
-    return _exec_in(lookup[args.command](args.target).netns, command, None)
+    return _exec_in(["ip", "netns", "exec", lookup[args.command](args.target).netns], command, None)
 
 
 COMMANDS = {

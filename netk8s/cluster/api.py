@@ -21,14 +21,16 @@ from typing import Any, Callable, Sequence
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
-from netk8s.api.resources import NODES, ResourceType, resolve
+from netk8s.api.resources import NODES, PODS, resolve
 from netk8s.client.apply import apply
 from netk8s.client.rest import ApiClient
 from netk8s.cluster import lifecycle
 from netk8s.cluster.naming import KUBELET_STOPPED_ANNOTATION, node_netns, pod_netns
 from netk8s.cluster.state import ClusterRecord, StateDir
 from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
+from netk8s.kubelet.podfiles import pod_identity
 from netk8s.kubelet.runtime import DEFAULT_PATH
+from netk8s.kubelet.sandbox import pod_enter_argv
 from netk8s.topology import Topology, default_topology, load_dict, load_file
 
 
@@ -58,10 +60,14 @@ class Machine:
 
 def run_in_netns(netns: str, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60,
                  check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
-                            timeout=timeout, env=env, input=input)
+    return _run(["ip", "netns", "exec", netns], argv, netns, env, timeout, check, input)
+
+
+def _run(prefix: list[str], argv: Sequence[str], where: str, env: dict[str, str] | None, timeout: float,
+         check: bool, input: str | None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout, env=env, input=input)
     if check and result.returncode != 0:
-        raise NetK8sError(f"{' '.join(argv)} in {netns} exited with {result.returncode}: "
+        raise NetK8sError(f"{' '.join(argv)} in {where} exited with {result.returncode}: "
                           f"{(result.stderr or result.stdout).strip()}")
     return result
 
@@ -163,12 +169,12 @@ class Cluster:
     # -- namespaces ----------------------------------------------------------------------
 
     def pod_netns(self, pod: str, namespace: str = "default") -> str:
-        return pod_exec_target(self.client, self.name, pod, namespace)[0]
+        return pod_netns(self.name, self.get("pod", pod, namespace))
 
     def exec(self, pod: str, argv: Sequence[str], namespace: str = "default", timeout: float = 60,
              check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
-        ns, env = pod_exec_target(self.client, self.name, pod, namespace)
-        return run_in_netns(ns, argv, env=env, timeout=timeout, check=check, input=input)
+        prefix, env = pod_exec_target(self.client, self.name, pod, namespace)
+        return _run(prefix, argv, f"pod {namespace}/{pod}", env, timeout, check, input)
 
     def node(self, name: str) -> Machine:
         self.topology.node(name)  # raises NotFoundError naming the known nodes
@@ -201,11 +207,11 @@ class Cluster:
         return Machine(name, node_netns(self.name, name))
 
 
-def pod_exec_target(client: ApiClient, cluster: str, pod_name: str, namespace: str) -> tuple[str, dict[str, str]]:
-    """The namespace to exec in and the environment a container of the pod sees."""
-    pods: ResourceType = resolve("pods")
+def pod_exec_target(client: ApiClient, cluster: str, pod_name: str, namespace: str) -> tuple[list[str], dict[str, str]]:
+    """The argv prefix that enters a pod (its hostname and network namespace, like a container)
+    and the environment a container of the pod sees."""
     try:
-        pod = client.get(pods, pod_name, namespace)
+        pod = client.get(PODS, pod_name, namespace)
     except ApiError as exc:
         if exc.code == 404:
             raise NotFoundError(f'pods "{pod_name}" not found in namespace "{namespace}"') from None
@@ -213,13 +219,12 @@ def pod_exec_target(client: ApiClient, cluster: str, pod_name: str, namespace: s
     phase = (pod.get("status") or {}).get("phase", "Pending")
     if phase != "Running":
         raise UserError(f'cannot exec into pod "{pod_name}": it is {phase}, not Running')
-    if (pod.get("spec") or {}).get("hostNetwork"):
-        ns = node_netns(cluster, (pod.get("spec") or {}).get("nodeName", ""))
-    else:
-        ns = pod_netns(cluster, pod)
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": pod_name, "HOME": "/root", "TERM": "xterm"}
-    containers = (pod.get("spec") or {}).get("containers") or []
+    spec = pod.get("spec") or {}
+    prefix = pod_enter_argv(StateDir(cluster), pod_netns(cluster, pod))
+    hostname = spec.get("nodeName", "") if spec.get("hostNetwork") else pod_identity(pod, "cluster.local").hostname
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root", "TERM": "xterm"}
+    containers = spec.get("containers") or []
     for item in (containers[0].get("env") or []) if containers else []:
         if item.get("name") and "value" in item:
             env[item["name"]] = str(item["value"])
-    return ns, env
+    return prefix, env

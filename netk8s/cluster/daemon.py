@@ -94,7 +94,8 @@ class ClusterDaemon:
             kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state,
                                                          cni_plugin=topo.cni_plugin.plugin_type,
                                                          mtu=overlay_mtu(LINK_MTU) if vxlan else LINK_MTU,
-                                                         lease_duration=timings.node_monitor_grace_period))
+                                                         lease_duration=timings.node_monitor_grace_period,
+                                                         cluster_dns=(topo.dns_service_ip(),)))
             self.kubelets.append(kubelet)
             self._run(kubelet)
             if vxlan:

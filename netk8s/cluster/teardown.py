@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from netk8s.cluster.state import StateDir
 from netk8s.errors import KernelError
 from netk8s.kernel import netns, procs
+from netk8s.kubelet.cgroups import remove_recorded as remove_recorded_cgroups
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def kill_recorded(state: StateDir, grace: float = 3.0, exclude: set[int] | None 
 def teardown(state: StateDir, exclude_pids: set[int] | None = None) -> TeardownReport:
     report = TeardownReport()
     report.processes = kill_recorded(state, exclude=exclude_pids)
+    remove_recorded_cgroups(state)
     for name in state.netns_names():
         try:
             if netns.delete(name):

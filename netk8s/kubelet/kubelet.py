@@ -3,13 +3,27 @@
 Registers the Node (labels, taints, capacity, InternalIP), waits for the node
 IPAM controller's pod CIDR, writes the node's CNI network config and reports
 Ready; then, for every pod bound to the node (watched with a
-``spec.nodeName`` field selector) it creates the pod's network namespace
-(``nk-<cluster>-<namespace>-<pod>-<uid5>``), calls CNI ADD, starts each
-container as a process in that namespace, restarts exited containers per
-``restartPolicy`` with back-off, runs readiness probes and reports pod status
-(phase, podIP, conditions, containerStatuses) through the ``status``
-subresource. Deleted pods are torn down: processes stopped, CNI DEL, namespace
-removed.
+``spec.nodeName`` field selector):
+
+- admits it (hostPort conflicts reject it as the kubelet's NodePorts check
+  does: phase Failed, reason ``NodePorts``);
+- creates its sandbox (sandbox.py): network namespace + CNI ADD (or a name
+  for the node's namespace with hostNetwork), a pause process holding the
+  pod's UTS namespace and hostname, its hosts/resolv.conf/hostname files
+  (podfiles.py) and its hostPort DNAT rules (hostport.py);
+- runs init containers one by one to completion, then the app containers,
+  as processes in the pod's namespaces and cgroups (runtime.py, cgroups.py),
+  with the kubelet's environment (envvars.py);
+- restarts exited containers per ``restartPolicy`` with the crash-loop
+  back-off (restart.py), runs startup/liveness/readiness probes (probes.py)
+  and kills containers whose liveness or startup probe fails;
+- reports status (phase, conditions, containerStatuses and
+  initContainerStatuses; podstatus.py) through the ``status`` subresource,
+  and tears terminal pods' sandboxes down.
+
+Deleted pods are stopped within their grace period and removed: processes
+stopped, hostPorts removed, CNI DEL, namespace and files removed, pause
+process stopped, cgroups removed.
 """
 
 from __future__ import annotations
@@ -20,11 +34,12 @@ import logging
 import platform
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from netk8s.api import meta
-from netk8s.api.resources import NODES, PODS
+from netk8s.api.resources import CONFIGMAPS, NODES, PODS, SECRETS, SERVICES
 from netk8s.client.controller import Controller
 from netk8s.client.events import NORMAL, WARNING, EventRecorder
 from netk8s.client.rest import ApiClient, ignore_not_found
@@ -36,20 +51,72 @@ from netk8s.cluster.naming import (
 from netk8s.cluster.state import StateDir
 from netk8s.cni.invoker import Attachment, CniInvoker, load_conflist, node_conflist
 from netk8s.errors import ApiError, NetK8sError
-from netk8s.kernel import netns
+from netk8s.kernel import iptables, netns
+from netk8s.kubelet import cgroups, podfiles
+from netk8s.kubelet.envvars import (
+    ContainerConfigError,
+    PodRuntimeInfo,
+    RefKind,
+    container_env,
+    expand_command,
+)
+from netk8s.kubelet.hostport import (
+    HostportManager,
+    PodPortMappings,
+    pod_net_of,
+    pod_port_mappings,
+)
 from netk8s.kubelet.images import ImageNotFound, PodContext, command_for
 from netk8s.kubelet.lease import LeaseHeartbeat
-from netk8s.kubelet.probes import ProbeResult, ProbeState, run_probe
+from netk8s.kubelet.podstatus import (
+    CONTAINER_CREATING,
+    CRASH_LOOP_BACK_OFF,
+    CREATE_CONTAINER_CONFIG_ERROR,
+    ERR_IMAGE_PULL,
+    POD_INITIALIZING,
+    RUN_CONTAINER_ERROR,
+    ContainerExit,
+    ContainerRuntimeState,
+    ContainerType,
+    KillRequest,
+    container_status,
+    pod_conditions,
+    pod_phase,
+)
+from netk8s.kubelet.probes import (
+    ProbeKind,
+    ProbeResult,
+    ProbeSpec,
+    ProbeVerdict,
+    ProbeWorker,
+    run_probe,
+)
+from netk8s.kubelet.restart import (
+    Backoff,
+    RestartPolicy,
+    backoff_event,
+    backoff_message,
+    exit_code_of,
+    exit_reason,
+    should_restart,
+    should_restart_init,
+)
 from netk8s.kubelet.runtime import ProcessRuntime, RunningProcess
+from netk8s.kubelet.sandbox import SandboxRuntime, enter_argv, pause_record
 from netk8s.topology import NodeRole, NodeSpec
 
 log = logging.getLogger(__name__)
 
 KUBELET_VERSION = "v1.32.0-netk8s"
 CNI_NETWORK_NAME = "netk8s"
-BACKOFF_INITIAL = 10.0
-BACKOFF_MAX = 300.0
 MONITOR_PERIOD = 0.2
+CONFIG_RETRY_SECONDS = 2.0
+MIN_GRACE_SECONDS = 2.0  # the kubelet's minimumGracePeriodInSeconds for probe kills
+PROBE_WORKERS = 8
+DEFAULT_CLUSTER_DNS = ipaddress.IPv4Address("10.96.0.10")
+NODE_PORTS_REASON = "NodePorts"
+NODE_PORTS_MESSAGE = "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+DEFAULT_ALLOCATABLE = {"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "100Gi"}
 
 
 @dataclass
@@ -65,37 +132,40 @@ class KubeletConfig:
     mtu: int = 1500
     heartbeat_seconds: float = 10.0
     lease_duration: float = 40.0
-
-
-@dataclass
-class ContainerRuntimeState:
-    spec: dict
-    process: RunningProcess | None = None
-    restart_count: int = 0
-    waiting_reason: str = "ContainerCreating"
-    waiting_message: str = ""
-    last_exit: dict | None = None  # {"exitCode", "reason", "startedAt", "finishedAt"}
-    next_start: float = 0.0
-    backoff: float = 0.0
-    readiness: ProbeState | None = None
-    started_at: str = ""
-    finished: bool = False  # exited and will not be restarted
-
-    @property
-    def name(self) -> str:
-        return self.spec.get("name", "")
+    cluster_dns: tuple[ipaddress.IPv4Address, ...] = (DEFAULT_CLUSTER_DNS,)
+    cluster_domain: str = "cluster.local"
+    cgroup_root: Path = cgroups.CGROUP_ROOT
+    etc_netns: Path = podfiles.ETC_NETNS
 
 
 @dataclass
 class PodSandbox:
     key: str
     uid: str
-    netns: str | None  # None for hostNetwork pods (they share the node's namespace)
+    name: str
+    namespace: str
+    netns: str  # the named namespace containers run in: the pod's own, or a name for the node's
+    host_network: bool
     ip: str
     cni_result: dict | None
-    restart_policy: str
+    restart_policy: RestartPolicy
+    hostname: str
+    termination_grace: float
+    pause: RunningProcess | None = None
+    init_containers: list[ContainerRuntimeState] = field(default_factory=list)
     containers: list[ContainerRuntimeState] = field(default_factory=list)
     start_time: str = field(default_factory=meta.now)
+    hostports: bool = False
+    initialized: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def states(self) -> list[ContainerRuntimeState]:
+        return [*self.init_containers, *self.containers]
+
+    @property
+    def pause_pid(self) -> int | None:
+        return self.pause.pid if self.pause is not None else None
 
 
 class Kubelet(Controller):
@@ -106,14 +176,25 @@ class Kubelet(Controller):
         self.config = config
         self.name = f"kubelet-{config.node.name}"
         self.runtime = ProcessRuntime(config.state)
+        self.sandboxes = SandboxRuntime(self.runtime, config.state)
         self.recorder = EventRecorder(client, "kubelet", config.node.name)
         self._sandboxes: dict[str, PodSandbox] = {}
+        self._finished: set[str] = set()  # uids of pods whose terminal phase was reported and torn down
         self._lock = threading.RLock()
         self._cni: CniInvoker | None = None
         self._network_ready = threading.Event()
         self._paused = threading.Event()
         self.lease = LeaseHeartbeat(client, config.node.name, duration_seconds=max(round(config.lease_duration), 1))
         self._aux_threads: list[threading.Thread] = []
+        self.backoff = Backoff()
+        self.hostports = HostportManager(CNI_NETWORK_NAME, lambda text: iptables.restore(config.netns, text),
+                                         lambda: iptables.save(config.netns, "nat"))
+        self.cgroup_support = cgroups.detect(config.cgroup_root)
+        self.cgroups = cgroups.CgroupManager(config.cluster, config.state, config.cgroup_root) \
+            if self.cgroup_support.available else None
+        if not self.cgroup_support.available:
+            log.info("%s: memory/cpu limits are not enforced: %s", self.name, self.cgroup_support.reason)
+        self._probe_pool = ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix=f"{self.name}-probe")
 
     # -- node --------------------------------------------------------------------------------
 
@@ -255,6 +336,7 @@ class Kubelet(Controller):
     def setup(self) -> None:
         self.pods = self.informer(PODS, field_selector=f"spec.nodeName={self.node_name}")
         self.own_node = self.informer(NODES, field_selector=f"metadata.name={self.node_name}")
+        self.services = self.informer(SERVICES)
         self.pods.add_handler(lambda e, o, n: self.queue.add(meta.key_of(n or o)))  # type: ignore[arg-type]
         self.own_node.add_handler(self._on_own_node)
 
@@ -272,6 +354,7 @@ class Kubelet(Controller):
         self.lease.stop()
         for t in self._aux_threads:
             t.join(timeout=5)
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
         self.recorder.stop()
 
     def shutdown_pods(self, grace: float = 2.0) -> None:
@@ -280,6 +363,8 @@ class Kubelet(Controller):
             keys = list(self._sandboxes)
         for key in keys:
             self._teardown(key, grace)
+        if self.cgroups is not None:
+            self.cgroups.remove_cluster_if_empty()
 
     # -- pod lifecycle ------------------------------------------------------------------------
 
@@ -297,16 +382,22 @@ class Kubelet(Controller):
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             self._terminate(pod, sandbox)
             return
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and sandbox is None:
-            return
         if sandbox is None:
+            if meta.uid_of(pod) in self._finished or \
+                    (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                return
             if not self._network_ready.is_set():
                 return  # re-queued when the network becomes ready
-            sandbox = self._create_sandbox(pod)
-            if sandbox is None:
+            if not self._admit(pod):
                 return
-        self._start_due_containers(pod, sandbox)
-        self._report_pod_status(pod, sandbox)
+            sandbox = self._create_sandbox(pod)
+        with sandbox.lock:
+            self._sync_containers(pod, sandbox)
+            phase = self._report_pod_status(pod, sandbox)
+        if phase in ("Succeeded", "Failed"):
+            # A finished pod keeps its status (and podIP) but gives its sandbox back, as the kubelet does.
+            self._finished.add(sandbox.uid)
+            self._teardown(key, 0.0)
 
     @staticmethod
     def _grace(pod: dict | None) -> float:
@@ -320,10 +411,11 @@ class Kubelet(Controller):
         """Graceful deletion: stop the containers within the grace period, then remove the pod
         from the API (grace 0, guarded by its uid), as the kubelet does."""
         if sandbox is not None:
-            for state in sandbox.containers:
+            for state in sandbox.states:
                 if state.process is not None:
                     self.recorder.event(pod, NORMAL, "Killing", f"Stopping container {state.name}")
             self._teardown(sandbox.key, self._grace(pod))
+        self._finished.discard(meta.uid_of(pod))
         with ignore_not_found():
             try:
                 self.client.delete(PODS, meta.name_of(pod), meta.namespace_of(pod), grace_period=0,
@@ -332,48 +424,117 @@ class Kubelet(Controller):
                 if exc.code != 409:  # a newer pod of the same name: not ours to delete
                     raise
 
-    def _create_sandbox(self, pod: dict) -> PodSandbox | None:
+    # -- admission and sandbox -------------------------------------------------------------------
+
+    def _admit(self, pod: dict) -> bool:
+        """The kubelet's NodePorts admission check: a hostPort already used on this node rejects the pod."""
+        conflicts = self.hostports.conflicts(meta.key_of(pod), pod_port_mappings(pod))
+        if not conflicts:
+            return True
+        detail = ", ".join(f"{c.mapping.describe()} (used by {c.holder})" for c in conflicts)
+        log.warning("%s: rejecting %s: host ports in use: %s", self.name, meta.key_of(pod), detail)
+        self.recorder.event(pod, WARNING, NODE_PORTS_REASON, NODE_PORTS_MESSAGE)
+        self._finished.add(meta.uid_of(pod))
+        self._patch_pod_status(pod, {"phase": "Failed", "reason": NODE_PORTS_REASON,
+                                     "message": f"Pod was rejected: {NODE_PORTS_MESSAGE}"})
+        return False
+
+    def _create_sandbox(self, pod: dict) -> PodSandbox:
         key = meta.key_of(pod)
         spec = pod.get("spec") or {}
         uid = meta.uid_of(pod)
-        if spec.get("hostNetwork"):
-            sandbox = PodSandbox(key, uid, None, str(self.config.node_ip), None, spec.get("restartPolicy", "Always"))
-        else:
-            assert self._cni is not None
-            ns_name = pod_netns(self.config.cluster, pod)
-            self.config.state.record_netns(ns_name)
-            if netns.exists(ns_name):  # left over from a crashed kubelet: start clean
-                netns.delete(ns_name)
-            netns.create(ns_name)
-            netns.write_sysctl(ns_name, "net.ipv6.conf.all.disable_ipv6", 1)
-            netns.write_sysctl(ns_name, "net.ipv6.conf.default.disable_ipv6", 1)
-            attachment = self._attachment(pod, ns_name)
-            try:
-                result = self._cni.add(attachment)
-            except NetK8sError as exc:
-                log.warning("%s: CNI ADD for %s failed: %s", self.name, key, exc)
-                # The CNI spec has the runtime DEL after every failed ADD (frees a lease it may hold).
-                try:
-                    self._cni.delete(attachment)
-                except NetK8sError as del_exc:
-                    log.warning("%s: CNI DEL after the failed ADD for %s failed too: %s", self.name, key, del_exc)
-                netns.delete(ns_name)
-                self.config.state.forget_netns(ns_name)
-                self._patch_pod_status(pod, {"conditions": meta.set_condition(
-                    (pod.get("status") or {}).get("conditions") or [], "Ready", "False", "ContainersNotReady",
-                    f"failed to set up the pod network: {exc}")})
-                raise
-            ip = str(ipaddress.IPv4Interface(result["ips"][0]["address"]).ip)
-            sandbox = PodSandbox(key, uid, ns_name, ip, result, spec.get("restartPolicy", "Always"))
+        host_network = bool(spec.get("hostNetwork"))
+        ns_name = pod_netns(self.config.cluster, pod)
+        try:
+            identity = podfiles.pod_identity(pod, self.config.cluster_domain)
+            hostname = self.node_name if host_network else podfiles.kernel_hostname(pod, identity)
+        except NetK8sError as exc:
+            self.recorder.event(pod, WARNING, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
+            raise
+        sandbox = PodSandbox(key, uid, meta.name_of(pod), meta.namespace_of(pod), ns_name, host_network,
+                             str(self.config.node_ip) if host_network else "", None,
+                             RestartPolicy.of(spec.get("restartPolicy")), hostname,
+                             float(spec.get("terminationGracePeriodSeconds", 30)))
+        self.config.state.record_netns(ns_name)  # before it exists, so a crash cannot lose it
+        try:
+            if host_network:
+                sandbox.pause = self.sandboxes.start_pause(netns.path_of(self.config.netns), hostname,
+                                                           pause_record(ns_name))
+                self.sandboxes.name_host_network(ns_name, sandbox.pause)
+            else:
+                self._create_pod_network(pod, sandbox)
+            self._write_pod_files(pod, sandbox, identity)
+            mappings = pod_port_mappings(pod)
+            if host_network:
+                self.hostports.claim(key, mappings)
+            elif mappings:
+                self.hostports.add(key, PodPortMappings(uid.replace("-", ""), pod_net_of(sandbox.cni_result,
+                                                                                         sandbox.ip),
+                                                        tuple(mappings)))
+                sandbox.hostports = True
+        except NetK8sError as exc:
+            log.warning("%s: sandbox for %s failed: %s", self.name, key, exc)
+            self.recorder.event(pod, WARNING, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
+            self._destroy_sandbox(sandbox)
+            self._patch_pod_status(pod, {"conditions": meta.set_condition(
+                (pod.get("status") or {}).get("conditions") or [], "Ready", "False", "ContainersNotReady",
+                f"failed to set up the pod sandbox: {exc}")})
+            raise
+        for container in spec.get("initContainers") or []:
+            sandbox.init_containers.append(ContainerRuntimeState(container, ContainerType.INIT))
         for container in spec.get("containers") or []:
-            state = ContainerRuntimeState(container)
-            if container.get("readinessProbe"):
-                state.readiness = ProbeState(container["readinessProbe"], time.monotonic())
-            sandbox.containers.append(state)
+            probes = {kind: ProbeWorker(ProbeSpec.from_api(kind, container[kind.field]))
+                      for kind in ProbeKind if isinstance(container.get(kind.field), dict)}
+            sandbox.containers.append(ContainerRuntimeState(container, ContainerType.APP, probes=probes))
+        sandbox.initialized = not sandbox.init_containers
+        if cgroups.pod_has_limits(pod) and self.cgroups is None:
+            self.recorder.event(pod, WARNING, "ResourceLimitsUnsupported",
+                                f"memory/cpu limits are not enforced: {self.cgroup_support.reason}")
         with self._lock:
             self._sandboxes[key] = sandbox
-        log.info("%s: pod %s sandbox %s ip %s", self.name, key, sandbox.netns or "(host network)", sandbox.ip)
+        log.info("%s: pod %s sandbox %s ip %s hostname %s", self.name, key, ns_name, sandbox.ip, hostname)
         return sandbox
+
+    def _create_pod_network(self, pod: dict, sandbox: PodSandbox) -> None:
+        assert self._cni is not None
+        ns_name = sandbox.netns
+        if netns.exists(ns_name):  # left over from a crashed kubelet: start clean
+            netns.delete(ns_name)
+        netns.create(ns_name)
+        netns.write_sysctl(ns_name, "net.ipv6.conf.all.disable_ipv6", 1)
+        netns.write_sysctl(ns_name, "net.ipv6.conf.default.disable_ipv6", 1)
+        sandbox.pause = self.sandboxes.start_pause(netns.path_of(ns_name), sandbox.hostname, pause_record(ns_name))
+        attachment = self._attachment(pod, ns_name)
+        try:
+            result = self._cni.add(attachment)
+        except NetK8sError as exc:
+            log.warning("%s: CNI ADD for %s failed: %s", self.name, sandbox.key, exc)
+            # The CNI spec has the runtime DEL after every failed ADD (frees a lease it may hold).
+            try:
+                self._cni.delete(attachment)
+            except NetK8sError as del_exc:
+                log.warning("%s: CNI DEL after the failed ADD for %s failed too: %s", self.name, sandbox.key,
+                            del_exc)
+            raise
+        sandbox.cni_result = result
+        sandbox.ip = str(ipaddress.IPv4Interface(result["ips"][0]["address"]).ip)
+
+    def _write_pod_files(self, pod: dict, sandbox: PodSandbox, identity: podfiles.PodIdentity) -> None:
+        spec = pod.get("spec") or {}
+        aliases = [a for a in spec.get("hostAliases") or [] if isinstance(a, dict)]
+        node_ns = self.config.netns
+        if sandbox.host_network:
+            hosts = podfiles.render_hosts_host_network(
+                podfiles.node_file(node_ns, "hosts", self.config.etc_netns), aliases)
+        else:
+            hosts = podfiles.render_hosts([sandbox.ip], identity, aliases)
+        dns = podfiles.pod_dns(pod, list(self.config.cluster_dns), self.config.cluster_domain,
+                               podfiles.node_resolv_conf(node_ns, self.config.etc_netns))
+        for warning in dns.warnings:
+            self.recorder.event(pod, WARNING, "DNSConfigForming", warning)
+        podfiles.write_pod_files(sandbox.netns, {
+            "hosts": hosts, "resolv.conf": podfiles.render_resolv_conf(dns.config),
+            "hostname": sandbox.hostname + "\n"}, self.config.etc_netns)
 
     def _attachment(self, pod: dict, ns_name: str) -> Attachment:
         uid = meta.uid_of(pod).replace("-", "")
@@ -382,77 +543,231 @@ class Kubelet(Controller):
             ("K8S_POD_NAME", meta.name_of(pod)), ("K8S_POD_INFRA_CONTAINER_ID", uid),
             ("K8S_POD_UID", meta.uid_of(pod))))
 
-    def _container_env(self, pod: dict, sandbox: PodSandbox, container: dict) -> dict[str, str]:
-        env = {"HOSTNAME": meta.name_of(pod), "HOME": "/root"}
-        field_values = {
-            "metadata.name": meta.name_of(pod), "metadata.namespace": meta.namespace_of(pod),
-            "metadata.uid": meta.uid_of(pod), "spec.nodeName": self.node_name,
-            "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName", "default"),
-            "status.podIP": sandbox.ip, "status.hostIP": str(self.config.node_ip),
-        }
-        for item in container.get("env") or []:
-            name = item.get("name")
-            if not name:
-                continue
-            if "value" in item:
-                env[name] = str(item["value"])
-            elif ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") in field_values:
-                env[name] = field_values[item["valueFrom"]["fieldRef"]["fieldPath"]]
-        return env
-
-    def _log_path(self, pod: dict, container: str, restart: int) -> Path:
-        return container_log_path(self.config.state.logs_dir, pod, container, restart)
-
-    def _start_due_containers(self, pod: dict, sandbox: PodSandbox) -> None:
-        now = time.monotonic()
-        ctx = PodContext(meta.name_of(pod), meta.namespace_of(pod), self.node_name, sandbox.ip)
-        for state in sandbox.containers:
-            if state.process is not None or state.finished or now < state.next_start:
-                continue
-            image = state.spec.get("image", "")
-            try:
-                argv = command_for(state.spec, ctx)
-            except ImageNotFound as exc:
-                if state.waiting_reason != "ErrImagePull":
-                    self.recorder.event(pod, WARNING, "Failed", f'Failed to pull image "{image}": {exc}')
-                state.waiting_reason, state.waiting_message = "ErrImagePull", str(exc)
-                continue
-            restart = state.restart_count
-            try:
-                state.process = self.runtime.start(
-                    sandbox.netns, argv, self._container_env(pod, sandbox, state.spec),
-                    self._log_path(pod, state.name, restart), f"container {sandbox.key}/{state.name}")
-            except NetK8sError as exc:
-                state.waiting_reason, state.waiting_message = "RunContainerError", str(exc)
-                continue
-            state.started_at = meta.now()
-            state.waiting_reason = state.waiting_message = ""
-            self.recorder.event(pod, NORMAL, "Pulled", f'Container image "{image}" already present on machine')
-            self.recorder.event(pod, NORMAL, "Created", f"Created container {state.name}")
-            self.recorder.event(pod, NORMAL, "Started", f"Started container {state.name}")
-            if state.readiness is not None:
-                state.readiness = ProbeState(state.readiness.probe, time.monotonic())
-
     def _teardown(self, key: str, grace: float) -> None:
         with self._lock:
             sandbox = self._sandboxes.pop(key, None)
         if sandbox is None:
             return
-        for state in sandbox.containers:
-            if state.process is not None:
-                self.runtime.stop(state.process, grace)
-                state.process = None
-        if sandbox.netns is not None:
-            if self._cni is not None and netns.exists(sandbox.netns):
-                try:
-                    self._cni.delete(Attachment(container_id=sandbox.uid.replace("-", ""),
-                                                netns=netns.path_of(sandbox.netns), ifname="eth0"),
-                                     sandbox.cni_result)
-                except NetK8sError as exc:
-                    log.warning("%s: CNI DEL for %s failed: %s", self.name, key, exc)
-            netns.delete(sandbox.netns)
-            self.config.state.forget_netns(sandbox.netns)
+        with sandbox.lock:
+            for state in reversed(sandbox.states):
+                if state.process is not None:
+                    self.runtime.stop(state.process, grace)
+                    state.process = None
+            self._destroy_sandbox(sandbox)
+        self.backoff.forget_prefix(f"{sandbox.uid}/")
         log.info("%s: pod %s stopped", self.name, key)
+
+    def _destroy_sandbox(self, sandbox: PodSandbox) -> None:
+        """Undo a sandbox (or what a failed creation made of it); every step tolerates a missing part."""
+        self.hostports.remove(sandbox.key)
+        if not sandbox.host_network and self._cni is not None and netns.exists(sandbox.netns):
+            try:
+                self._cni.delete(Attachment(container_id=sandbox.uid.replace("-", ""),
+                                            netns=netns.path_of(sandbox.netns), ifname="eth0"),
+                                 sandbox.cni_result)
+            except NetK8sError as exc:
+                log.warning("%s: CNI DEL for %s failed: %s", self.name, sandbox.key, exc)
+        podfiles.remove_pod_files(sandbox.netns, self.config.etc_netns)
+        try:
+            netns.delete(sandbox.netns)  # for hostNetwork only the pod's name for the node's namespace
+        except NetK8sError as exc:
+            log.warning("%s: %s", self.name, exc)
+        self.sandboxes.stop_pause(sandbox.pause)
+        sandbox.pause = None
+        self.config.state.forget_netns(sandbox.netns)
+        if self.cgroups is not None:
+            self.cgroups.remove_pod(sandbox.uid)
+
+    # -- containers ----------------------------------------------------------------------------
+
+    def _sync_containers(self, pod: dict, sandbox: PodSandbox) -> None:
+        """Carry out probe kills, then start what is due: init containers one at a time, in order,
+        each to completion; app containers once all init containers succeeded."""
+        for state in sandbox.states:
+            if state.kill is not None:
+                self._kill_for_probe(pod, sandbox, state)
+        if not sandbox.initialized:
+            for state in sandbox.init_containers:
+                if state.succeeded:
+                    continue
+                if not state.running and not state.done:
+                    self._maybe_start(pod, sandbox, state)
+                break  # the next one waits for this one
+            sandbox.initialized = all(s.succeeded for s in sandbox.init_containers)
+        if sandbox.initialized:
+            for state in sandbox.containers:
+                if not state.running and not state.done:
+                    self._maybe_start(pod, sandbox, state)
+
+    def _backoff_key(self, sandbox: PodSandbox, state: ContainerRuntimeState) -> str:
+        return f"{sandbox.uid}/{state.kind.value}/{state.name}"
+
+    def _maybe_start(self, pod: dict, sandbox: PodSandbox, state: ContainerRuntimeState) -> None:
+        now = time.monotonic()
+        if now < state.retry_at:
+            return
+        ref = state.backoff_ref
+        if ref is not None:
+            key = self._backoff_key(sandbox, state)
+            if self.backoff.in_backoff_since(key, ref):
+                remaining = self.backoff.remaining(key, ref)
+                state.restarting = True
+                state.waiting_reason = CRASH_LOOP_BACK_OFF
+                state.waiting_message = backoff_message(self.backoff.get(key), state.name, sandbox.name,
+                                                        sandbox.namespace, sandbox.uid)
+                state.retry_at = now + remaining
+                self.queue.add_after(sandbox.key, remaining + 0.01)
+                self.recorder.event(pod, WARNING, "BackOff", backoff_event(state.name, sandbox.name,
+                                                                           sandbox.namespace, sandbox.uid))
+                return
+            self.backoff.next(key, ref)
+        self._start_container(pod, sandbox, state)
+
+    def _lookup(self, kind: RefKind, namespace: str, name: str) -> dict | None:
+        resource = CONFIGMAPS if kind is RefKind.CONFIGMAP else SECRETS
+        try:
+            return self.client.get(resource, name, namespace)
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def _env_for(self, pod: dict, sandbox: PodSandbox, container: dict) -> dict[str, str]:
+        allocatable = dict(DEFAULT_ALLOCATABLE)
+        allocatable.update({k: str(v) for k, v in self.config.node.capacity.items()})
+        info = PodRuntimeInfo(self.node_name, (sandbox.ip,), (str(self.config.node_ip),), allocatable)
+        result = container_env(pod, container, info, self._lookup, self.services.list(),
+                               base={"HOSTNAME": sandbox.hostname, "HOME": "/root"})
+        for kind, source, keys in result.invalid_keys:
+            self.recorder.event(pod, WARNING, "InvalidEnvironmentVariableNames",
+                                f"Keys [{', '.join(keys)}] from the EnvFrom {kind.value.lower()} {source} were "
+                                f"skipped since they are invalid environment variable names.")
+        return result.env
+
+    def _fail_start(self, pod: dict, state: ContainerRuntimeState, reason: str, message: str, event: str,
+                    retry: float | None) -> None:
+        if state.waiting_reason != reason or state.waiting_message != message:
+            self.recorder.event(pod, WARNING, "Failed", event)
+        state.restarting = bool(state.exits)
+        state.waiting_reason, state.waiting_message = reason, message
+        if retry is not None:
+            state.retry_at = time.monotonic() + retry
+            self.queue.add_after(meta.key_of(pod), retry + 0.01)
+
+    def _start_container(self, pod: dict, sandbox: PodSandbox, state: ContainerRuntimeState) -> None:
+        image = state.spec.get("image", "")
+        try:
+            env = self._env_for(pod, sandbox, state.spec)
+        except ContainerConfigError as exc:
+            self._fail_start(pod, state, CREATE_CONTAINER_CONFIG_ERROR, str(exc), f"Error: {exc}",
+                             CONFIG_RETRY_SECONDS)
+            return
+        except NetK8sError as exc:  # an unusable env entry: the pod is invalid for the kubelet
+            self._fail_start(pod, state, CREATE_CONTAINER_CONFIG_ERROR, str(exc), f"Error: {exc}", None)
+            return
+        ctx = PodContext(sandbox.name, sandbox.namespace, self.node_name, sandbox.ip)
+        try:
+            argv = command_for(expand_command(state.spec, env), ctx)
+        except ImageNotFound as exc:
+            self._fail_start(pod, state, ERR_IMAGE_PULL, str(exc), f'Failed to pull image "{image}": {exc}', None)
+            return
+        if not self.sandboxes.alive(sandbox.pause):
+            self._replace_pause(pod, sandbox)
+        cgroup_dir = self._prepare_cgroup(pod, sandbox, state)
+        restart = state.restart_count + 1 if state.ever_started else 0
+        try:
+            process = self.runtime.start(
+                sandbox.netns, argv, env, container_log_path(self.config.state.logs_dir, pod, state.name, restart),
+                f"container {sandbox.key}/{state.name}", uts_pid=sandbox.pause_pid,
+                cgroup_procs=cgroup_dir / "cgroup.procs" if cgroup_dir is not None else None)
+        except NetK8sError as exc:
+            self._fail_start(pod, state, RUN_CONTAINER_ERROR, str(exc), f"Error: {exc}", CONFIG_RETRY_SECONDS)
+            return
+        now = time.monotonic()
+        state.process = process
+        state.cgroup_dir = cgroup_dir
+        state.oom_baseline = self.cgroups.oom_kills(cgroup_dir) if self.cgroups and cgroup_dir else 0
+        state.restart_count = restart
+        state.ever_started = True
+        state.container_id = f"netk8s://{process.pid}"
+        state.started_at = meta.now()
+        state.waiting_reason = state.waiting_message = ""
+        state.restarting = False
+        state.retry_at = 0.0
+        state.backoff_ref = None
+        for worker in state.probes.values():
+            worker.container_started(now)
+        self.recorder.event(pod, NORMAL, "Pulled", f'Container image "{image}" already present on machine')
+        self.recorder.event(pod, NORMAL, "Created", f"Created container {state.name}")
+        self.recorder.event(pod, NORMAL, "Started", f"Started container {state.name}")
+
+    def _replace_pause(self, pod: dict, sandbox: PodSandbox) -> None:
+        """The pause process died (killed by hand?): give the pod a new one with the same hostname."""
+        log.warning("%s: the pause process of %s is gone; starting a new one", self.name, sandbox.key)
+        self.sandboxes.stop_pause(sandbox.pause)
+        sandbox.pause = None
+        try:
+            sandbox.pause = self.sandboxes.start_pause(netns.path_of(sandbox.netns), sandbox.hostname,
+                                                       pause_record(sandbox.netns))
+        except NetK8sError as exc:
+            log.warning("%s: %s", self.name, exc)
+            self.recorder.event(pod, WARNING, "SandboxChanged", f"Pod sandbox changed: {exc}")
+
+    def _prepare_cgroup(self, pod: dict, sandbox: PodSandbox, state: ContainerRuntimeState) -> Path | None:
+        if self.cgroups is None:
+            return None
+        try:
+            limits = cgroups.container_limits(state.spec)
+            return self.cgroups.prepare(sandbox.uid, state.name, limits)
+        except NetK8sError as exc:
+            log.warning("%s: %s", self.name, exc)
+            self.recorder.event(pod, WARNING, "ResourceLimitsUnsupported",
+                                f"memory/cpu limits are not enforced: {exc}")
+            return None
+
+    def _kill_for_probe(self, pod: dict, sandbox: PodSandbox, state: ContainerRuntimeState) -> None:
+        kill, state.kill = state.kill, None
+        process = state.process
+        if kill is None or process is None:
+            return
+        message = f"Container {state.name} failed {kill.reason.value.lower()} probe"
+        if sandbox.restart_policy is not RestartPolicy.NEVER:
+            message += ", will be restarted"
+        self.recorder.event(pod, NORMAL, "Killing", message)
+        log.info("%s: %s/%s: %s", self.name, sandbox.key, state.name, message)
+        code = self.runtime.stop(process, kill.grace)
+        self._on_exit(sandbox, state, process, code if code is not None else -9, probe_kill=True)
+
+    def _on_exit(self, sandbox: PodSandbox, state: ContainerRuntimeState, process: RunningProcess,
+                 returncode: int, probe_kill: bool = False) -> None:
+        """Record a finished container instance and decide whether it runs again."""
+        now = time.monotonic()
+        code = exit_code_of(returncode)
+        oom = False
+        if self.cgroups is not None and state.cgroup_dir is not None:
+            oom = self.cgroups.oom_kills(state.cgroup_dir) > state.oom_baseline
+        previous = state.last_exit
+        state.record_exit(ContainerExit(code, exit_reason(code, oom), state.started_at, meta.now(),
+                                        state.container_id, finished_mono=now))
+        state.process = None
+        for worker in state.probes.values():
+            worker.container_stopped()
+        policy = sandbox.restart_policy
+        if state.kind is ContainerType.INIT:
+            state.done = code == 0 or not should_restart_init(policy, code)
+        else:
+            state.done = not should_restart(policy, code)
+        # The kubelet's back-off looks at the newest *exited* instance when it restarts one: after a
+        # probe kill that is the instance before (the killed one was still running then).
+        if probe_kill:
+            state.backoff_ref = previous.finished_mono if previous is not None else None
+        else:
+            state.backoff_ref = now
+        state.retry_at = 0.0
+        state.restarting = False
+        state.waiting_reason = state.waiting_message = ""
+        log.info("%s: container %s/%s exited with %d%s", self.name, sandbox.key, state.name, code,
+                 " (OOMKilled)" if oom else "")
 
     # -- monitoring: exits, restarts, probes ------------------------------------------------
 
@@ -463,113 +778,92 @@ class Kubelet(Controller):
             with self._lock:
                 sandboxes = list(self._sandboxes.values())
             for sandbox in sandboxes:
+                if not sandbox.lock.acquire(blocking=False):
+                    continue  # a sync is working on it (maybe stopping a container): next round
                 try:
                     if self._check_sandbox(sandbox):
                         self.queue.add(sandbox.key)
                 except Exception:
                     log.exception("%s: monitoring %s failed", self.name, sandbox.key)
+                finally:
+                    sandbox.lock.release()
+            self.backoff.gc()
 
     def _check_sandbox(self, sandbox: PodSandbox) -> bool:
-        """Returns True when the pod needs a sync (status change or a restart due)."""
+        """Returns True when the pod needs a sync (an exit, a restart due)."""
         changed = False
         now = time.monotonic()
-        for state in sandbox.containers:
+        for state in sandbox.states:
             proc = state.process
             if proc is not None:
                 code = proc.poll()
                 if code is not None:
                     self.runtime.reap(proc)
-                    state.process = None
-                    state.last_exit = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                       "startedAt": state.started_at, "finishedAt": meta.now(),
-                                       "containerID": f"netk8s://{proc.pid}"}
-                    if state.readiness is not None:
-                        state.readiness.result = False
-                    policy = sandbox.restart_policy
-                    if policy == "Always" or (policy == "OnFailure" and code != 0):
-                        state.backoff = BACKOFF_INITIAL if state.backoff == 0 else min(state.backoff * 2, BACKOFF_MAX)
-                        # A container that ran for a while restarts at once, as the kubelet's back-off resets.
-                        if time.time() - proc.started_at > 2 * BACKOFF_MAX:
-                            state.backoff = 0.0
-                        state.next_start = now + state.backoff
-                        state.restart_count += 1
-                        state.waiting_reason = "CrashLoopBackOff" if state.backoff else ""
-                        if state.backoff and (pod := self.pods.get(sandbox.key)) is not None:
-                            self.recorder.event(pod, WARNING, "BackOff",
-                                                f"Back-off restarting failed container {state.name} in pod "
-                                                f"{meta.name_of(pod)}_{meta.namespace_of(pod)}({meta.uid_of(pod)})")
-                    else:
-                        state.finished = True
+                    self._on_exit(sandbox, state, proc, code)
                     changed = True
-                    log.info("%s: container %s/%s exited with %d", self.name, sandbox.key, state.name, code)
-                elif state.readiness is not None and state.readiness.due(now):
-                    container_ready_before = state.readiness.result
-                    result, message = run_probe(state.readiness.probe, state.spec, sandbox.ip, self.config.netns,
-                                                sandbox.netns)
-                    if result is ProbeResult.FAILURE and (pod := self.pods.get(sandbox.key)) is not None:
-                        self.recorder.event(pod, WARNING, "Unhealthy", f"Readiness probe failed: {message}")
-                    if state.readiness.record(result, message, time.monotonic()):
-                        changed = True
-                        log.info("%s: %s/%s readiness %s -> %s", self.name, sandbox.key, state.name,
-                                 container_ready_before, state.readiness.result)
-            elif not state.finished and state.next_start and now >= state.next_start:
-                changed = True  # restart due: sync starts it
+                    continue
+                for worker in state.probes.values():
+                    if worker.due(now, state.started):
+                        worker.in_flight = True
+                        self._probe_pool.submit(self._run_probe, sandbox, state, worker, state.container_id)
+            elif not state.done and state.retry_at and now >= state.retry_at:
+                changed = True
         return changed
+
+    def _run_probe(self, sandbox: PodSandbox, state: ContainerRuntimeState, worker: ProbeWorker,
+                   container_id: str) -> None:
+        try:
+            result, message = run_probe(worker.spec, state.spec, sandbox.ip, self.config.netns,
+                                        enter_argv(sandbox.netns, sandbox.pause_pid))
+        except Exception as exc:  # a probe must never take the kubelet down
+            result, message = ProbeResult.UNKNOWN, str(exc)
+        with sandbox.lock:
+            worker.in_flight = False
+            if state.container_id != container_id or state.process is None:
+                return  # that instance is gone: its result means nothing now
+            verdict = worker.record(result, message, time.monotonic())
+            pod = self.pods.get(sandbox.key)
+            kind = worker.spec.kind.value
+            if pod is not None:
+                if result is ProbeResult.FAILURE:
+                    self.recorder.event(pod, WARNING, "Unhealthy", f"{kind} probe failed: {message}")
+                elif result is ProbeResult.WARNING:
+                    self.recorder.event(pod, WARNING, "ProbeWarning", f"{kind} probe warning: {message}")
+                elif result is ProbeResult.UNKNOWN:
+                    self.recorder.event(pod, WARNING, "Unhealthy", f"{kind} probe errored: {message}")
+            if verdict is ProbeVerdict.KILL:
+                grace = worker.spec.termination_grace
+                if grace is None:
+                    grace = sandbox.termination_grace
+                state.kill = KillRequest(worker.spec.kind, message, max(grace, MIN_GRACE_SECONDS))
+            if verdict is not ProbeVerdict.NONE:
+                log.info("%s: %s/%s %s probe -> %s", self.name, sandbox.key, state.name, kind.lower(),
+                         "kill" if verdict is ProbeVerdict.KILL else worker.result)
+                self.queue.add(sandbox.key)
 
     # -- status --------------------------------------------------------------------------------
 
-    def _container_status(self, state: ContainerRuntimeState) -> dict:
-        ready = state.process is not None and (state.readiness is None or state.readiness.result)
-        status: dict = {"name": state.name, "image": state.spec.get("image", ""), "imageID": "",
-                        "restartCount": state.restart_count, "ready": ready, "started": state.process is not None}
-        if state.process is not None:
-            status["state"] = {"running": {"startedAt": state.started_at}}
-            status["containerID"] = f"netk8s://{state.process.pid}"
-        elif state.finished and state.last_exit:
-            status["state"] = {"terminated": dict(state.last_exit)}
-        else:
-            waiting = {"reason": state.waiting_reason or "ContainerCreating"}
-            if state.waiting_message:
-                waiting["message"] = state.waiting_message
-            status["state"] = {"waiting": waiting}
-        if state.last_exit and not state.finished:
-            status["lastState"] = {"terminated": dict(state.last_exit)}
-        return status
-
-    def _report_pod_status(self, pod: dict, sandbox: PodSandbox) -> None:
-        statuses = [self._container_status(s) for s in sandbox.containers]
-        all_ready = bool(statuses) and all(s["ready"] for s in statuses)
-        running = any(s.process is not None for s in sandbox.containers)
-        if all(s.finished for s in sandbox.containers):
-            failed = any((s.last_exit or {}).get("exitCode", 0) != 0 for s in sandbox.containers)
-            phase = "Failed" if failed else "Succeeded"
-        elif running or any(s.restart_count for s in sandbox.containers):
-            phase = "Running"
-        else:
-            phase = "Pending"
-        conditions = (pod.get("status") or {}).get("conditions") or []
-        not_ready = [s["name"] for s in statuses if not s["ready"]]
-        message = "" if all_ready else f"containers with unready status: [{' '.join(not_ready)}]"
-        reason = "" if all_ready else "ContainersNotReady"
-        conditions = meta.set_condition(conditions, "PodReadyToStartContainers", "True")
-        conditions = meta.set_condition(conditions, "Initialized", "True")
-        conditions = meta.set_condition(conditions, "ContainersReady", "True" if all_ready else "False", reason,
-                                        message)
-        conditions = meta.set_condition(conditions, "Ready", "True" if all_ready else "False", reason, message)
-        conditions = meta.set_condition(conditions, "PodScheduled", "True")
-        if all_ready:
-            conditions = [{k: v for k, v in c.items() if k not in ("reason", "message")}
-                          if c["type"] in ("Ready", "ContainersReady") else c for c in conditions]
-        status = {
-            "phase": phase, "conditions": conditions, "hostIP": str(self.config.node_ip),
-            "hostIPs": [{"ip": str(self.config.node_ip)}], "podIP": sandbox.ip, "podIPs": [{"ip": sandbox.ip}],
-            "startTime": sandbox.start_time, "containerStatuses": statuses,
+    def _report_pod_status(self, pod: dict, sandbox: PodSandbox) -> str:
+        spec = pod.get("spec") or {}
+        default_waiting = CONTAINER_CREATING if sandbox.initialized else POD_INITIALIZING
+        init_statuses = [container_status(s, POD_INITIALIZING) for s in sandbox.init_containers]
+        statuses = [container_status(s, default_waiting) for s in sandbox.containers]
+        phase = pod_phase(spec, init_statuses, statuses)
+        current = pod.get("status") or {}
+        status: dict = {
+            "phase": phase,
+            "conditions": pod_conditions(spec, phase, init_statuses, statuses, True, current.get("conditions")),
+            "hostIP": str(self.config.node_ip), "hostIPs": [{"ip": str(self.config.node_ip)}],
+            "podIP": sandbox.ip, "podIPs": [{"ip": sandbox.ip}],
+            "startTime": current.get("startTime") or sandbox.start_time, "containerStatuses": statuses,
         }
+        if init_statuses:
+            status["initContainerStatuses"] = init_statuses
         # Compare with what the API holds (not with what we last sent): status someone else
         # changed, such as the node lifecycle controller marking pods not ready, gets corrected.
-        if _comparable(status) == _comparable((pod.get("status") or {})):
-            return
-        self._patch_pod_status(pod, status)
+        if _comparable(status) != _comparable({k: current.get(k) for k in status}):
+            self._patch_pod_status(pod, status)
+        return phase
 
     def _patch_pod_status(self, pod: dict, status: dict) -> None:
         with ignore_not_found():

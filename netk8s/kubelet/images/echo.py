@@ -17,20 +17,20 @@ import argparse
 import json
 import signal
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Sequence
 
+from netk8s.kubelet.images.serving import (
+    BindError,
+    QuietServer,
+    SignalWaiter,
+    bind_all,
+    serve_in_thread,
+)
+from netk8s.kubelet.images.serving import write_line as _log
+
 DEFAULT_PORT = 8080
-_LOG_LOCK = threading.Lock()
-
-
-def _log(line: str) -> None:
-    # stdout is the pod's log file; flush each line so `netk8s logs` sees it at once.
-    with _LOG_LOCK:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -87,15 +87,12 @@ class EchoHandler(BaseHTTPRequestHandler):
         _log(f"{self.client_address[0]}:{self.client_address[1]} - - {format % args}")
 
 
-class EchoServer(ThreadingHTTPServer):
+class EchoServer(QuietServer):
     """One listening port; carries the pod identity the handler reports."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, port: int, identity: dict[str, str]) -> None:
         self.identity = identity
-        super().__init__(("0.0.0.0", port), EchoHandler)
+        super().__init__(port, EchoHandler)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -118,37 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     identity = {"pod": args.pod, "namespace": args.namespace, "node": args.node, "podIP": args.pod_ip}
     ports = list(dict.fromkeys(args.port)) or [DEFAULT_PORT]
+    signals = SignalWaiter((signal.SIGTERM, signal.SIGINT))
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    servers: list[EchoServer] = []
     try:
-        for port in ports:
-            servers.append(EchoServer(port, identity))
-    except OSError as exc:
-        for server in servers:
-            server.server_close()
-        sys.stderr.write(f"netk8s/echo: cannot listen on 0.0.0.0:{port}: {exc.strerror or exc}\n")
+        servers = bind_all(ports, lambda port: EchoServer(port, identity))
+    except BindError as exc:
+        sys.stderr.write(f"netk8s/echo: cannot listen on 0.0.0.0:{exc.port}: {exc.strerror}\n")
         return 1
 
-    threads = []
     for server in servers:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name=f"echo-{server.server_address[1]}", daemon=True)
-        thread.start()
-        threads.append(thread)
+        serve_in_thread(server, f"echo-{server.server_address[1]}")
         _log(f"netk8s/echo pod={args.pod} namespace={args.namespace} node={args.node} "
              f"podIP={args.pod_ip} listening on 0.0.0.0:{server.server_address[1]}")
 
-    # Sleep in short waits so the signal handler runs promptly in the main thread.
-    while not stop.wait(0.5):
-        pass
+    signals.wait()
     for server in servers:
         server.shutdown()
         server.server_close()
