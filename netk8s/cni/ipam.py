@@ -18,18 +18,16 @@ generic (999) error. Code 11 ("try again later") is not used because a full
 range does not clear up by itself; the runtime has to free addresses first.
 """
 
-from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
 import ipaddress
-import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
+from netk8s.cni import lazylog
 from netk8s.cni.types import (
     CNIError,
     ErrorCode,
@@ -39,15 +37,15 @@ from netk8s.cni.types import (
     valid_identifier,
 )
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 LINE_BREAK = "\r\n"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
+_MAX_FILE = 4096  # lease and last_reserved_ip files are a few dozen bytes
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     """One lease file: the address and who holds it (ifname is "" in the legacy id-only format)."""
 
     ip: IPAddress
@@ -58,8 +56,7 @@ class Lease:
         return self.container_id == container_id and self.ifname in (ifname, "")
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):
     """An address handed to a container from range set ``range_set``; ``new`` is False on reuse."""
 
     address: IPInterface
@@ -87,6 +84,7 @@ class HostLocalIpam:
             raise CNIError(ErrorCode.INVALID_NETWORK_CONFIG, "ipam.ranges: at least one non-empty range set needed")
         self.network = network
         self.dir = Path(data_dir) / network
+        self._dir = str(self.dir)
         self.range_sets: tuple[tuple[IpamRange, ...], ...] = tuple(tuple(rs) for rs in range_sets)
 
     # ------------------------------------------------------------------ storage
@@ -101,66 +99,93 @@ class HostLocalIpam:
     def locked(self) -> Iterator[None]:
         """Hold the network's flock (a separate open file, so threads of one process exclude each other too)."""
         self._ensure_dir()
-        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the last descriptor drops the flock
 
-    def _read_lease(self, ip: IPAddress) -> Lease | None:
+    def _path(self, name: str) -> str:
+        return f"{self._dir}/{name}"
+
+    def _read(self, name: str) -> bytes | None:
+        """A small file's bytes, or None if it is gone (os-level calls: this runs once per lease per ADD)."""
         try:
-            text = (self.dir / str(ip)).read_text()
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            return os.read(fd, _MAX_FILE)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _holder(raw: bytes) -> tuple[str, str]:
+        text = raw.decode(errors="replace")
         lines = [part.strip() for part in text.replace(LINE_BREAK, "\n").split("\n") if part.strip()]
         if not lines:
-            return Lease(ip=ip, container_id="", ifname="")
-        return Lease(ip=ip, container_id=lines[0], ifname=lines[1] if len(lines) > 1 else "")
+            return "", ""
+        return lines[0], lines[1] if len(lines) > 1 else ""
 
-    def leases(self) -> list[Lease]:
-        """Every lease file of the network (also outside the configured ranges), sorted by address."""
+    def _lease_names(self) -> list[str]:
+        """Names of the files that may be leases (an address: a digit first, or a ':' for IPv6)."""
         try:
-            names = os.listdir(self.dir)
+            names = os.listdir(self._dir)
         except FileNotFoundError:
             return []
+        return [n for n in names if n[:1].isdigit() or ":" in n]
+
+    def leases(self, container_id: str | None = None) -> list[Lease]:
+        """Every lease file of the network (also outside the configured ranges), sorted by address;
+        only those ``container_id`` holds when given (then only those are decoded)."""
+        prefix = container_id.encode() if container_id is not None else b""
         out: list[Lease] = []
-        for name in names:
-            ip = _parse_ip(name)
-            if ip is None:
+        for name in self._lease_names():
+            raw = self._read(name)
+            if raw is None or not raw.lstrip().startswith(prefix):
                 continue
-            lease = self._read_lease(ip)
-            if lease is not None:
-                out.append(lease)
+            holder, ifname = self._holder(raw)
+            if container_id is not None and holder != container_id:
+                continue
+            ip = _parse_ip(name)
+            if ip is not None:
+                out.append(Lease(ip=ip, container_id=holder, ifname=ifname))
         return sorted(out, key=lambda lease: (lease.ip.version, int(lease.ip)))
 
     def _reserve(self, ip: IPAddress, container_id: str, ifname: str) -> bool:
+        path = self._path(str(ip))
         try:
-            fd = os.open(self.dir / str(ip), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             return False
         except OSError as exc:
-            raise CNIError(ErrorCode.IO_FAILURE, f"ipam.dataDir: cannot write lease {self.dir / str(ip)}: "
-                                                 f"{exc.strerror}") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{container_id}{LINE_BREAK}{ifname}")
+            raise CNIError(ErrorCode.IO_FAILURE, f"ipam.dataDir: cannot write lease {path}: {exc.strerror}") from None
+        try:
+            os.write(fd, f"{container_id}{LINE_BREAK}{ifname}".encode())
+        finally:
+            os.close(fd)
         return True
 
     def _last_reserved(self, index: int) -> IPAddress | None:
-        try:
-            return _parse_ip((self.dir / f"{LAST_RESERVED_PREFIX}{index}").read_text().strip())
-        except FileNotFoundError:
-            return None
+        raw = self._read(f"{LAST_RESERVED_PREFIX}{index}")
+        return _parse_ip(raw.decode(errors="replace").strip()) if raw is not None else None
 
     def _write_last_reserved(self, index: int, ip: IPAddress) -> None:
-        path = self.dir / f"{LAST_RESERVED_PREFIX}{index}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(str(ip))
-        os.replace(tmp, path)
+        # Rewritten in place under the flock, not replaced by a rename: on ext4 a rename over
+        # an existing file (and a truncate to 0) forces a block-allocation flush (auto_da_alloc),
+        # ~0.4 ms per ADD. The reference host-local also writes this file in place.
+        data = str(ip).encode()
+        fd = os.open(self._path(f"{LAST_RESERVED_PREFIX}{index}"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def _remove(self, ip: IPAddress) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.dir / str(ip))
+            os.unlink(self._path(str(ip)))
 
     # ------------------------------------------------------------------ iteration
 
@@ -207,7 +232,7 @@ class HostLocalIpam:
         """One address per range set for (container_id, ifname); all-or-nothing."""
         made: list[Allocation] = []
         with self.locked():
-            leases = self.leases()
+            leases = self.leases(container_id)
             try:
                 for index, range_set in enumerate(self.range_sets):
                     held = self._held_in_set(index, container_id, ifname, leases)
@@ -242,7 +267,7 @@ class HostLocalIpam:
     def get(self, container_id: str, ifname: str) -> list[Allocation]:
         """The addresses (container_id, ifname) holds in the configured range sets."""
         with self.locked():
-            leases = self.leases()
+            leases = self.leases(container_id)
         out: list[Allocation] = []
         for index in range(len(self.range_sets)):
             held = self._held_in_set(index, container_id, ifname, leases)
@@ -261,7 +286,7 @@ class HostLocalIpam:
         limit = None if only is None else set(only)
         released: list[IPAddress] = []
         with self.locked():
-            for lease in self.leases():
+            for lease in self.leases(container_id):
                 if lease.held_by(container_id, ifname) and (limit is None or lease.ip in limit):
                     self._remove(lease.ip)
                     released.append(lease.ip)

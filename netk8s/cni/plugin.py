@@ -1,22 +1,29 @@
-"""netk8s-cni: the bridge + host-local CNI plugin, kernel side (pyroute2, iptables).
+"""netk8s-cni: the bridge + host-local CNI plugin, kernel side (rtnetlink, iptables).
 
 The plugin treats the network namespace of the *calling thread* as the host
 side. In netk8s that is a node's namespace, never the machine's root
 namespace: the executable is started as ``nsenter --net=<node> -- netk8s-cni``
 and the in-process path calls :func:`execute` inside
-``netk8s.kernel.netns.entered(node)``. The node side is opened with
-``netns.iproute(None)`` (a netlink socket made by this thread, hence in the
-node namespace), the pod side with ``netns.iproute(CNI_NETNS)``.
+``netk8s.kernel.netns.entered(node)``. The node side is a netlink socket this
+thread opens (hence in the node namespace), the pod side one opened while the
+thread is briefly inside CNI_NETNS.
 
-ADD: bridge (created, MAC pinned, mtu, up, optional promisc) with the gateway
-address and ``ip_forward`` when isGateway; host-local lease; a veth pair whose
-host end ("veth" + 8 hex) is enslaved to the bridge (hairpin per hairpinMode)
-and whose other end is created directly inside CNI_NETNS as CNI_IFNAME with the
-address, mtu and routes; optional ipMasq chain like the reference plugin. Any
+ADD: bridge (created up with a fixed MAC and the mtu, optional promisc) with
+the gateway address and ``ip_forward`` when isGateway; host-local lease; a
+veth pair created in one request, its host end ("veth" + 8 hex) up and
+enslaved to the bridge (hairpin per hairpinMode), its other end created
+directly inside CNI_NETNS as CNI_IFNAME, then given the address, up, and the
+routes in one batch; optional ipMasq chain like the reference plugin. Any
 failure undoes what this ADD did. DEL is idempotent. CHECK compares the kernel
 with prevResult. GC and STATUS (CNI 1.1) work on the lease directory.
 
-Every failure leaves as ``CNIError`` (code + one-line message).
+Every ADD re-reads the bridge, its addresses and ``ip_forward`` (three reads,
+well under a millisecond) instead of trusting a cache, so a deleted or
+changed cni0 is repaired by the next ADD.
+
+Every failure leaves as ``CNIError`` (code + one-line message). The module
+imports only what every call needs (no pyroute2, subprocess or logging up
+front): the ``netk8s-cni`` executable loads it on each call.
 """
 
 from __future__ import annotations
@@ -24,18 +31,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import logging
 import os
-import secrets
-import shlex
-import socket
-import subprocess
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from netk8s.cni import lazylog, rtnl
 from netk8s.cni.ipam import Allocation, HostLocalIpam
+from netk8s.cni.rtnl import Link, NetlinkError, Rtnl
 from netk8s.cni.types import (
     CniEnv,
     CNIError,
@@ -59,14 +60,20 @@ from netk8s.cni.types import (
 from netk8s.errors import KernelError
 from netk8s.kernel import netns
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import subprocess
 
-IFF_PROMISC = 0x100
-MAIN_TABLE = 254
+log = lazylog.get_logger(__name__)
+
 HOST_VETH_PREFIX = "veth"
 _VETH_NAME_ATTEMPTS = 8
 _IPTABLES_TIMEOUT = 30.0
 _IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+_OPERSTATE_POLL: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_BRIDGE_POLL: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # seconds, like the above
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GLINK = 0x0000000A
+_IFREQ_SIZE = 40
 
 
 # --------------------------------------------------------------------------- entry point
@@ -99,11 +106,11 @@ def execute(environ: Mapping[str, str], stdin: bytes | str) -> dict[str, Any] | 
 
 @contextlib.contextmanager
 def _kernel(what: str) -> Iterator[None]:
-    """Turn netlink/namespace failures into a one-line CNIError naming the operation."""
+    """Turn netlink/namespace failures into a one-line CNIError (netlink errors name their request)."""
     try:
         yield
     except NetlinkError as exc:
-        raise CNIError(ErrorCode.INTERNAL, f"cannot {what}: {os.strerror(exc.code)}") from None
+        raise CNIError(ErrorCode.INTERNAL, str(exc)) from None
     except KernelError as exc:
         raise CNIError(ErrorCode.INTERNAL, f"cannot {what}: {exc}") from None
 
@@ -118,8 +125,14 @@ def _require_netns(path: str) -> None:
                        f"CNI_NETNS: network namespace {path} does not exist; create the pod namespace first")
 
 
-def _link_kind(link: Any) -> str | None:
-    return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+def _open_in(path: str) -> Rtnl:
+    """A netlink socket bound to the namespace at ``path`` (the thread enters it just to open the socket)."""
+    with netns.entered(path):
+        return Rtnl()
+
+
+def _netlink_reason(reply: rtnl.Reply) -> str:
+    return os.strerror(reply.error) + (f" ({reply.detail})" if reply.detail else "")
 
 
 def _run_undo(undo: Sequence[Callable[[], object]]) -> None:
@@ -133,43 +146,34 @@ def _run_undo(undo: Sequence[Callable[[], object]]) -> None:
 # --------------------------------------------------------------------------- host side
 
 
-def _ensure_bridge(ipr: IPRoute, conf: NetConf) -> int:
-    """The bridge's index; created (MAC pinned, mtu) when missing, then up (and promisc if asked)."""
-    found = ipr.link_lookup(ifname=conf.bridge)
-    if not found:
-        created = True
+def _ensure_bridge(host: Rtnl, conf: NetConf) -> Link:
+    """The bridge; created (up, fixed MAC, mtu) when missing, else set up (and promisc if asked) if it is not."""
+    link = host.link(conf.bridge)
+    if link is None:
         try:
-            ipr.link("add", ifname=conf.bridge, kind="bridge", mtu=conf.mtu)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise CNIError(ErrorCode.INTERNAL,
-                               f"bridge: cannot create {conf.bridge}: {os.strerror(exc.code)}") from None
-            created = False  # a concurrent ADD created it in between
-        found = ipr.link_lookup(ifname=conf.bridge)
-        if not found:
-            raise CNIError(ErrorCode.INTERNAL, f"bridge: {conf.bridge} vanished right after it was created")
-        if created:
             # A bridge otherwise takes the lowest MAC of its ports, so its MAC would change as
-            # pods come and go; setting it explicitly pins it (addr_assign_type becomes "set").
-            mac = ipr.get_links(found[0])[0].get("IFLA_ADDRESS")
-            with _kernel(f"pin the MAC of bridge {conf.bridge}"):
-                ipr.link("set", index=found[0], address=mac)
-    index = found[0]
-    link = ipr.get_links(index)[0]
-    if _link_kind(link) != "bridge":
+            # pods come and go; creating it with a MAC pins it (addr_assign_type "set").
+            host.one(rtnl.new_bridge(conf.bridge, conf.mtu, rtnl.random_mac()))
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # EEXIST: a concurrent ADD created it in between
+                raise CNIError(ErrorCode.INTERNAL, f"bridge: cannot create {conf.bridge}: "
+                                                   f"{os.strerror(exc.code)}") from None
+        link = host.link(conf.bridge)
+        if link is None:
+            raise CNIError(ErrorCode.INTERNAL, f"bridge: {conf.bridge} vanished right after it was created")
+    if link.kind != "bridge":
         raise CNIError(ErrorCode.INVALID_NETWORK_CONFIG,
-                       f"bridge: {conf.bridge} exists and is a {_link_kind(link) or 'non-bridge'} device; "
+                       f"bridge: {conf.bridge} exists and is a {link.kind or 'non-bridge'} device; "
                        "name a bridge or a free name")
-    with _kernel(f"set bridge {conf.bridge} up"):
-        if conf.promisc_mode:
-            ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
-        ipr.link("set", index=index, state="up")
-    return index
+    wanted = rtnl.IFF_UP | (rtnl.IFF_PROMISC if conf.promisc_mode else 0)
+    if link.flags & wanted != wanted:
+        host.one(rtnl.set_flags(link.ifindex, wanted, wanted, f"set bridge {conf.bridge} up"))
+    return link
 
 
-def _ensure_gateway(ipr: IPRoute, bridge: int, conf: NetConf, allocations: Sequence[Allocation]) -> None:
+def _ensure_gateway(host: Rtnl, bridge: Link, conf: NetConf, allocations: Sequence[Allocation]) -> None:
     """Give the bridge each gateway address (subnet prefix); refuse a different address in that subnet."""
-    present = [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=bridge, family=socket.AF_INET)]
+    present = [(a.address, a.prefixlen) for a in host.addresses(index=bridge.ifindex)]
     for alloc in allocations:
         gw = alloc.gateway
         if gw is None:
@@ -178,18 +182,16 @@ def _ensure_gateway(ipr: IPRoute, bridge: int, conf: NetConf, allocations: Seque
         if (str(gw), net.prefixlen) in present:
             continue
         for addr, plen in present:
-            if addr is not None and plen == net.prefixlen and _in(addr, net):
+            if plen == net.prefixlen and _in(addr, net):
                 raise CNIError(ErrorCode.INVALID_NETWORK_CONFIG,
                                f"isGateway: bridge {conf.bridge} already has {addr}/{plen}, not the gateway "
                                f"{gw}/{net.prefixlen}; remove that address or set ipam gateway to it")
-        try:
-            ipr.addr("add", index=bridge, address=str(gw), prefixlen=net.prefixlen,
-                     broadcast=str(net.broadcast_address))
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # EEXIST: a concurrent ADD added it first
-                raise CNIError(ErrorCode.INTERNAL,
-                               f"cannot add gateway {gw}/{net.prefixlen} to {conf.bridge}: "
-                               f"{os.strerror(exc.code)}") from None
+        broadcast = str(net.broadcast_address) if net.version == 4 else None
+        reply = host.call([rtnl.new_addr(bridge.ifindex, str(gw), net.prefixlen, broadcast, conf.bridge)],
+                          check=False)[0]
+        if reply.error and reply.error != errno.EEXIST:  # EEXIST: a concurrent ADD added it first
+            raise CNIError(ErrorCode.INTERNAL, f"cannot add gateway {gw}/{net.prefixlen} to {conf.bridge}: "
+                                               f"{_netlink_reason(reply)}")
 
 
 def _in(addr: str, net: IPNetwork) -> bool:
@@ -198,40 +200,45 @@ def _in(addr: str, net: IPNetwork) -> bool:
 
 def _enable_forwarding() -> None:
     # net.* sysctls resolve against the network namespace of the calling thread,
-    # so this is the host (node) namespace's switch.
+    # so this is the host (node) namespace's switch. os-level calls: this runs on every ADD.
     try:
-        with open(_IP_FORWARD) as f:
-            if f.read().strip() == "1":
-                return
-        with open(_IP_FORWARD, "w") as f:
-            f.write("1")
+        fd = os.open(_IP_FORWARD, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.read(fd, 8).strip() != b"1":
+                os.pwrite(fd, b"1", 0)  # at offset 0: numeric sysctls ignore writes elsewhere
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise CNIError(ErrorCode.INTERNAL, f"isGateway: cannot enable net.ipv4.ip_forward: {exc.strerror}") from None
 
 
-def _create_veth(ipr: IPRoute, env: CniEnv, mtu: int) -> tuple[str, int]:
-    """Make the pair in one netlink call: host end here, peer directly in CNI_NETNS as CNI_IFNAME."""
+def _create_veth(host: Rtnl, env: CniEnv, mtu: int, bridge: Link) -> Link:
+    """The pair in one request (host end up on the bridge, peer made inside CNI_NETNS); returns the host end."""
     fd = os.open(env.netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for _ in range(_VETH_NAME_ATTEMPTS):
-            name = HOST_VETH_PREFIX + secrets.token_hex(4)
-            try:
-                ipr.link("add", ifname=name, kind="veth", mtu=mtu,
-                         peer={"ifname": env.ifname, "mtu": mtu, "net_ns_fd": fd})
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST and ipr.link_lookup(ifname=name):
-                    continue  # host-side name taken: draw another
-                if exc.code == errno.EEXIST:
-                    raise _ifname_exists(env) from None
-                raise CNIError(ErrorCode.INTERNAL,
-                               f"cannot create veth pair {name}/{env.ifname}: {os.strerror(exc.code)}") from None
-            found = ipr.link_lookup(ifname=name)
-            if not found:
+            name = _host_veth_name()
+            # The lookup rides in the same datagram; it answers after the creation was handled.
+            created, found = host.call([rtnl.new_veth(name, env.ifname, mtu, fd, bridge.ifindex),
+                                        rtnl.get_link(name)], check=False)
+            if created.error == errno.EEXIST and not found.error:
+                continue  # host-side name taken by another device: draw another
+            if created.error == errno.EEXIST:
+                raise _ifname_exists(env)
+            if created.error:
+                raise CNIError(ErrorCode.INTERNAL, f"cannot create veth pair {name}/{env.ifname}: "
+                                                   f"{_netlink_reason(created)}")
+            if found.error or not found.messages:
                 raise CNIError(ErrorCode.INTERNAL, f"veth {name} vanished right after it was created")
-            return name, found[0]
+            return rtnl.decode_link(found.messages[0][1])
     finally:
         os.close(fd)
     raise CNIError(ErrorCode.INTERNAL, f"no free host veth name after {_VETH_NAME_ATTEMPTS} attempts")
+
+
+def _host_veth_name() -> str:
+    """"veth" + 8 random hex digits, like the reference plugin's host-side names."""
+    return HOST_VETH_PREFIX + os.urandom(4).hex()
 
 
 def _ifname_exists(env: CniEnv) -> CNIError:
@@ -240,65 +247,129 @@ def _ifname_exists(env: CniEnv) -> CNIError:
                     "DEL the attachment first or pick another CNI_IFNAME")
 
 
-def _attach_host_side(ipr: IPRoute, index: int, bridge: int, conf: NetConf, name: str) -> None:
-    with _kernel(f"enslave {name} to {conf.bridge}"):
-        ipr.link("set", index=index, master=bridge)
-        ipr.link("set", index=index, state="up")
-        if conf.hairpin_mode:
-            # IFLA_BRPORT_MODE is the hairpin flag; pyroute2 0.9.7 ignores hairpin_mode=.
-            ipr.brport("set", index=index, mode=1)
+def _drop_host_veth(index: int, name: str) -> None:
+    """Undo step: delete the host end (the peer goes with it), in the calling thread's namespace."""
+    with Rtnl() as host:
+        reply = host.call([rtnl.del_link(index, name)], check=False)[0]
+        if reply.error and reply.error != errno.ENODEV:
+            raise NetlinkError(reply.error, f"delete link {name}", reply.detail)
 
 
-def _delete_link(ipr: IPRoute, name: str) -> None:
-    for index in ipr.link_lookup(ifname=name):
-        try:
-            ipr.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise
+def _sync_link_state(name: str) -> bool | None:
+    """Have the kernel apply a pending carrier change of ``name`` (calling thread's namespace) now;
+    returns the carrier state, None if the kernel refused the request.
+
+    Carrier changes are applied by the kernel's linkwatch work, which handles a
+    bridge's (not urgent) at most once a second: a new bridge that just got its
+    first port can drop what it sends (its qdisc is not active yet) for up to a
+    second. ETHTOOL_GLINK makes the kernel run the pending event for that
+    device synchronously (ethtool_op_get_link -> linkwatch_sync_dev).
+    """
+    import _socket
+    import ctypes
+    import fcntl
+    import struct
+
+    value = ctypes.create_string_buffer(struct.pack("=II", _ETHTOOL_GLINK, 0), 8)
+    request = struct.pack("16sP", name.encode(), ctypes.addressof(value)).ljust(_IFREQ_SIZE, b"\0")
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, request)
+    except OSError as exc:  # only a speed-up: the caller's poll still waits for the change
+        log.debug("ETHTOOL_GLINK on %s failed: %s", name, exc)
+        return None
+    finally:
+        sock.close()
+    return bool(struct.unpack("=II", value.raw[:8])[1])
+
+
+def _wait_until_up(host: Rtnl, pod: Rtnl, veth: str, env: CniEnv, bridge: Link) -> None:
+    """Return once both veth ends (and a bridge that just got its first port) are operationally up.
+
+    Right after ADD the kernel may not yet have applied the new carrier states
+    (its linkwatch work runs asynchronously): until it has, the bridge port is
+    disabled and a device's qdisc drops what is sent, which loses e.g. the
+    pod's first ARP request. Operstate changes in the same step, so polling it
+    tells when the pod is reachable; usually it is already up. The reference
+    bridge plugin polls the host end the same way, and fails the ADD if it
+    stays down; so does this. A bridge that was down before this ADD gets a
+    synchronous nudge and a short poll, and only a warning if it stays down
+    (e.g. a user's bridge with STP, whose ports take seconds to forward).
+    """
+    import time
+
+    checks = [(host, veth, "host", _OPERSTATE_POLL), (pod, env.ifname, env.netns, _OPERSTATE_POLL)]
+    if bridge.operstate != rtnl.IF_OPER_UP:
+        checks.append((host, bridge.name, "host", _BRIDGE_POLL))
+    for sock, name, where, schedule in checks:
+        state = 0
+        for attempt, delay in enumerate(schedule):
+            if delay:
+                time.sleep(delay)
+            link = sock.link(name)
+            if link is None:
+                raise CNIError(ErrorCode.INTERNAL, f"{name} ({where}) vanished while the pod was being set up")
+            state = link.operstate
+            if state == rtnl.IF_OPER_UP:
+                break
+            if attempt == 0 and sock is host:
+                _sync_link_state(name)
+        else:
+            if name == bridge.name:
+                log.warning("bridge %s is not up after %.2fs (operstate %d); pods may not reach it yet", name,
+                            sum(schedule), state)
+            else:
+                raise CNIError(ErrorCode.INTERNAL, f"veth {name} ({where}) is not up after {sum(schedule):.1f}s "
+                                                   f"(operstate {state})")
 
 
 # --------------------------------------------------------------------------- container side
 
 
-def _configure_container(ipr: IPRoute, env: CniEnv, allocations: Sequence[Allocation],
+def _configure_container(pod: Rtnl, env: CniEnv, allocations: Sequence[Allocation],
                          routes: Sequence[Route]) -> str:
-    """Addresses, up, loopback up, routes; returns the interface's MAC."""
-    found = ipr.link_lookup(ifname=env.ifname)
-    if not found:
+    """Addresses, up, loopback up and routes in one batch; returns the interface's MAC."""
+    link = pod.link(env.ifname)
+    if link is None:
         raise CNIError(ErrorCode.INTERNAL, f"container interface {env.ifname} did not appear in {env.netns}")
-    index = found[0]
-    with _kernel(f"configure {env.ifname} in {env.netns}"):
-        for alloc in allocations:
-            extra = {"broadcast": str(alloc.address.network.broadcast_address)} if alloc.address.version == 4 else {}
-            ipr.addr("add", index=index, address=str(alloc.address.ip), prefixlen=alloc.address.network.prefixlen,
-                     **extra)
-        ipr.link("set", index=index, state="up")
-        for lo in ipr.link_lookup(ifname="lo"):
-            ipr.link("set", index=lo, state="up")
+    setup: list[rtnl.Request] = []
+    for alloc in allocations:
+        net = alloc.address.network
+        broadcast = str(net.broadcast_address) if alloc.address.version == 4 else None
+        setup.append(rtnl.new_addr(link.ifindex, str(alloc.address.ip), net.prefixlen, broadcast, env.ifname))
+    setup.append(rtnl.set_up(link.ifindex, env.ifname))
+    setup.append(rtnl.set_up(rtnl.LOOPBACK_IFINDEX, "lo"))
     default_gw = next((a.gateway for a in allocations if a.gateway is not None), None)
+    gateways: list[str | None] = []
     for route in routes:
         gw = route.gw if route.gw is not None else default_gw
-        spec: dict[str, Any] = {"dst": str(route.dst), "oif": index}
-        if gw is not None:
-            spec["gateway"] = str(gw)
-        try:
-            ipr.route("add", **spec)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:  # e.g. an ipam route equal to the connected subnet route
-                log.debug("route %s already present in %s", route.dst, env.netns)
-                continue
-            raise CNIError(ErrorCode.INTERNAL, f"cannot add route {route.dst} via {gw} dev {env.ifname} in "
-                                               f"{env.netns}: {os.strerror(exc.code)}") from None
-    return ipr.get_links(index)[0].get("IFLA_ADDRESS") or ""
+        gateways.append(str(gw) if gw is not None else None)
+        setup.append(rtnl.new_route(str(route.dst.network_address), route.dst.prefixlen, gateways[-1], link.ifindex,
+                                    env.ifname))
+    # One datagram; the kernel handles the requests in order (link up before the routes that need it).
+    replies = pod.call(setup, check=False)
+    first_route = len(setup) - len(routes)
+    for request, reply in zip(setup[:first_route], replies):
+        if reply.error:
+            raise CNIError(ErrorCode.INTERNAL, f"cannot configure {env.ifname} in {env.netns}: "
+                                               f"{request.what}: {_netlink_reason(reply)}")
+    for route, via, reply in zip(routes, gateways, replies[first_route:]):
+        if reply.error == errno.EEXIST:  # e.g. an ipam route equal to the connected subnet route
+            log.debug("route %s already present in %s", route.dst, env.netns)
+        elif reply.error:
+            raise CNIError(ErrorCode.INTERNAL, f"cannot add route {route.dst} via {via} dev {env.ifname} in "
+                                               f"{env.netns}: {_netlink_reason(reply)}")
+    return link.mac
 
 
 # --------------------------------------------------------------------------- ipMasq (iptables, nat table)
 
 
-def _iptables(args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
+def _iptables(args: Sequence[str], check: bool = True) -> "subprocess.CompletedProcess[str]":
     # A child process starts in the calling thread's network namespace, so this
     # edits the host (node) namespace's tables, also on the in-process path.
+    import subprocess
+
     argv = ["iptables", "-w", "10", "-t", "nat", *args]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=_IPTABLES_TIMEOUT)
@@ -339,6 +410,8 @@ def teardown_masq(network: str, container_id: str) -> None:
     except CNIError as exc:
         log.warning("ipMasq teardown skipped: %s", exc)
         return
+    import shlex
+
     for line in listing.stdout.splitlines():
         parts = shlex.split(line)
         if parts[:2] == ["-A", "POSTROUTING"] and "-j" in parts and parts[parts.index("-j") + 1:][:1] == [chain]:
@@ -361,49 +434,47 @@ def _masq_present(network: str, container_id: str, address: IPInterface) -> bool
 
 def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
     _require_netns(env.netns)
-    with _kernel(f"open network namespace {env.netns}"), netns.iproute(env.netns) as cipr:
-        if cipr.link_lookup(ifname=env.ifname):
-            raise _ifname_exists(env)
-    ipam = _ipam(conf)
-    allocations = ipam.allocate(env.container_id, env.ifname)
-    undo: list[Callable[[], object]] = []
-    new_ips = [a.address.ip for a in allocations if a.new]
-    if new_ips:
-        undo.append(lambda: ipam.release(env.container_id, env.ifname, only=new_ips))
-    try:
-        with netns.iproute(None) as hipr:
-            bridge = _ensure_bridge(hipr, conf)
-            if conf.is_gateway:
-                _ensure_gateway(hipr, bridge, conf, allocations)
-                _enable_forwarding()
-            host_name, host_index = _create_veth(hipr, env, conf.mtu)
-
-            def drop_veth(name: str = host_name) -> None:
-                with netns.iproute(None) as ipr:  # deleting one end removes both
-                    _delete_link(ipr, name)
-
-            undo.append(drop_veth)
-            _attach_host_side(hipr, host_index, bridge, conf, host_name)
-            bridge_mac = hipr.get_links(bridge)[0].get("IFLA_ADDRESS") or ""
-            host_mac = hipr.get_links(host_index)[0].get("IFLA_ADDRESS") or ""
-        routes = result_routes(conf, [a.gateway for a in allocations])
-        with _kernel(f"open network namespace {env.netns}"), netns.iproute(env.netns) as cipr:
-            container_mac = _configure_container(cipr, env, allocations, routes)
-        if conf.ip_masq:
-            undo.append(lambda: teardown_masq(conf.name, env.container_id))
-            for alloc in allocations:
-                setup_masq(conf.name, env.container_id, alloc.address)
-    except BaseException:
-        _run_undo(undo)
-        raise
+    with _kernel(f"open network namespace {env.netns}"):
+        pod = _open_in(env.netns)
+    with pod:
+        with _kernel(f"inspect {env.netns}"):
+            if pod.link(env.ifname) is not None:
+                raise _ifname_exists(env)
+        ipam = _ipam(conf)
+        allocations = ipam.allocate(env.container_id, env.ifname)
+        undo: list[Callable[[], object]] = []
+        new_ips = [a.address.ip for a in allocations if a.new]
+        if new_ips:
+            undo.append(lambda: ipam.release(env.container_id, env.ifname, only=new_ips))
+        try:
+            with _kernel("set up the host side"), Rtnl() as host:
+                bridge = _ensure_bridge(host, conf)
+                if conf.is_gateway:
+                    _ensure_gateway(host, bridge, conf, allocations)
+                    _enable_forwarding()
+                veth = _create_veth(host, env, conf.mtu, bridge)
+                undo.append(lambda: _drop_host_veth(veth.ifindex, veth.name))
+                if conf.hairpin_mode:
+                    host.one(rtnl.set_hairpin(veth.ifindex, veth.name))
+                routes = result_routes(conf, [a.gateway for a in allocations])
+                with _kernel(f"configure {env.ifname} in {env.netns}"):
+                    container_mac = _configure_container(pod, env, allocations, routes)
+                _wait_until_up(host, pod, veth.name, env, bridge)
+            if conf.ip_masq:
+                undo.append(lambda: teardown_masq(conf.name, env.container_id))
+                for alloc in allocations:
+                    setup_masq(conf.name, env.container_id, alloc.address)
+        except BaseException:
+            _run_undo(undo)
+            raise
     result = Result(
         cni_version=conf.cni_version,
-        interfaces=(Interface(name=conf.bridge, mac=bridge_mac), Interface(name=host_name, mac=host_mac),
+        interfaces=(Interface(name=conf.bridge, mac=bridge.mac), Interface(name=veth.name, mac=veth.mac),
                     Interface(name=env.ifname, mac=container_mac, sandbox=env.netns)),
         ips=tuple(IpConfig(address=a.address, gateway=a.gateway, interface=2) for a in allocations),
         routes=routes, dns=conf.dns)
     log.info("netk8s-cni ADD %s/%s: %s on %s", env.container_id, env.ifname,
-             ",".join(str(a.address) for a in allocations), host_name)
+             ",".join(str(a.address) for a in allocations), veth.name)
     return result.to_json()
 
 
@@ -411,23 +482,30 @@ def cmd_del(env: CniEnv, conf: NetConf) -> None:
     _ipam(conf).release(env.container_id, env.ifname)
     if env.netns and os.path.exists(env.netns):
         try:
-            with netns.iproute(env.netns) as cipr:
-                _delete_link(cipr, env.ifname)
+            pod: Rtnl | None = _open_in(env.netns)
         except KernelError as exc:  # a stale path that is no namespace any more: nothing left to delete there
             log.warning("DEL %s: cannot enter %s (%s); skipping the container side", env.container_id, env.netns,
                         exc)
+            pod = None
+        if pod is not None:
+            with pod:
+                reply = pod.call([rtnl.del_link_by_name(env.ifname)], check=False)[0]
+            if reply.error and reply.error != errno.ENODEV:
+                raise CNIError(ErrorCode.INTERNAL, f"cannot delete {env.ifname} in {env.netns}: "
+                                                   f"{_netlink_reason(reply)}")
     if conf.prev_result is not None:
         # If the pod namespace is gone from its path but still alive, its veth survives; drop
         # the host end named in prevResult (a random veth name, only if it sits on our bridge).
-        with _kernel("remove the host veth"), netns.iproute(None) as hipr:
-            bridges = hipr.link_lookup(ifname=conf.bridge)
+        with _kernel("remove the host veth"), Rtnl() as host:
+            bridge = host.link(conf.bridge)
             for iface in conf.prev_result.interfaces:
                 if iface.sandbox or not iface.name.startswith(HOST_VETH_PREFIX):
                     continue
-                for index in hipr.link_lookup(ifname=iface.name):
-                    link = hipr.get_links(index)[0]
-                    if bridges and link.get("IFLA_MASTER") == bridges[0] and _link_kind(link) == "veth":
-                        _delete_link(hipr, iface.name)
+                link = host.link(iface.name)
+                if link is not None and bridge is not None and link.master == bridge.ifindex and link.kind == "veth":
+                    reply = host.call([rtnl.del_link(link.ifindex, link.name)], check=False)[0]
+                    if reply.error and reply.error != errno.ENODEV:
+                        raise NetlinkError(reply.error, f"delete link {link.name}", reply.detail)
     if conf.ip_masq:
         teardown_masq(conf.name, env.container_id)
     log.info("netk8s-cni DEL %s/%s done", env.container_id, env.ifname)
@@ -448,38 +526,35 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
                        f"prevResult.interfaces: no sandbox interface named {env.ifname}; pass the ADD result")
     expected = prev.interfaces[sandbox[0]]
     expected_ips = [ip for ip in prev.ips if ip.interface == sandbox[0]]
-    with _kernel(f"open network namespace {env.netns}"), netns.iproute(env.netns) as cipr:
-        found = cipr.link_lookup(ifname=env.ifname)
-        if not found:
-            raise _check_failed(f"interface {env.ifname} is missing in {env.netns}")
-        link = cipr.get_links(found[0])[0]
-        mac = link.get("IFLA_ADDRESS") or ""
-        if expected.mac and mac.lower() != expected.mac.lower():
-            raise _check_failed(f"interface {env.ifname} has MAC {mac}, prevResult says {expected.mac}")
-        present = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in cipr.get_addr(index=found[0])}
-        for ipc in expected_ips:
-            if (str(ipc.address.ip), ipc.address.network.prefixlen) not in present:
-                raise _check_failed(f"address {ipc.address} is missing on {env.ifname} in {env.netns}")
-        kernel_routes = [(r.get("RTA_DST") or ("0.0.0.0" if r["family"] == socket.AF_INET else "::"),
-                          r["dst_len"], r.get("RTA_GATEWAY"))
-                         for r in cipr.get_routes(table=MAIN_TABLE)]
+    with _kernel(f"inspect network namespace {env.netns}"):
+        with _open_in(env.netns) as pod:
+            link = pod.link(env.ifname)
+            if link is None:
+                raise _check_failed(f"interface {env.ifname} is missing in {env.netns}")
+            if expected.mac and link.mac.lower() != expected.mac.lower():
+                raise _check_failed(f"interface {env.ifname} has MAC {link.mac}, prevResult says {expected.mac}")
+            present = {(a.address, a.prefixlen) for a in pod.addresses(index=link.ifindex)}
+            kernel_routes = [(r.dst, r.dst_len, r.gateway) for r in pod.routes()]
+    for ipc in expected_ips:
+        if (str(ipc.address.ip), ipc.address.network.prefixlen) not in present:
+            raise _check_failed(f"address {ipc.address} is missing on {env.ifname} in {env.netns}")
     for route in prev.routes:
         want = (str(route.dst.network_address), route.dst.prefixlen)
         if not any((dst, plen) == want and (route.gw is None or gw == str(route.gw))
                    for dst, plen, gw in kernel_routes):
             via = f" via {route.gw}" if route.gw is not None else ""
             raise _check_failed(f"route {route.dst}{via} is missing in {env.netns}")
-    with _kernel("inspect the host side"), netns.iproute(None) as hipr:
-        bridges = hipr.link_lookup(ifname=conf.bridge)
-        if not bridges:
+    with _kernel("inspect the host side"), Rtnl() as host:
+        bridge = host.link(conf.bridge)
+        if bridge is None:
             raise _check_failed(f"bridge {conf.bridge} is missing in the host namespace")
         for iface in prev.interfaces:
             if iface.sandbox or iface.name == conf.bridge:
                 continue
-            indexes = hipr.link_lookup(ifname=iface.name)
-            if not indexes:
+            host_link = host.link(iface.name)
+            if host_link is None:
                 raise _check_failed(f"host veth {iface.name} is missing")
-            if hipr.get_links(indexes[0])[0].get("IFLA_MASTER") != bridges[0]:
+            if host_link.master != bridge.ifindex:
                 raise _check_failed(f"host veth {iface.name} is not attached to bridge {conf.bridge}")
     leased = {a.address.ip for a in _ipam(conf).get(env.container_id, env.ifname)}
     for ipc in expected_ips:

@@ -40,6 +40,27 @@ def test_round_robin_skips_gateway_and_continues_after_last(tmp_path: Path) -> N
     assert str(alloc.gateway) == "10.1.0.1" and alloc.new
 
 
+def test_last_reserved_is_rewritten_in_place_without_leftovers(tmp_path: Path) -> None:
+    ipam = HostLocalIpam("net", tmp_path, [[rng("10.1.0.0/24")]])
+    last = tmp_path / "net" / "last_reserved_ip.0"
+    ipam.allocate("a", "eth0")
+    inode = last.stat().st_ino
+    last.write_text("10.1.0.254")  # longer than what comes next: the wrap must not leave its tail behind
+    assert ips(ipam.allocate("b", "eth0")) == ["10.1.0.3/24"]
+    assert last.read_text() == "10.1.0.3" and last.stat().st_ino == inode
+    assert sorted(os.listdir(tmp_path / "net")) == ["10.1.0.2", "10.1.0.3", "last_reserved_ip.0", "lock"]
+
+
+def test_leases_of_one_container(tmp_path: Path) -> None:
+    ipam = HostLocalIpam("net", tmp_path, [[rng("10.1.0.0/24")]])
+    for cid in ("a", "b", "a"):
+        ipam.allocate(cid, f"eth{len(ipam.leases())}")
+    assert [(str(le.ip), le.ifname) for le in ipam.leases("a")] == [("10.1.0.2", "eth0"), ("10.1.0.4", "eth2")]
+    assert ipam.leases("nobody") == []
+    (tmp_path / "net" / "10.1.0.9.tmp").write_text("a\r\neth9")  # not an address: ignored
+    assert len(ipam.leases("a")) == 2
+
+
 def test_wraps_around_the_range(tmp_path: Path) -> None:
     ipam = HostLocalIpam("net", tmp_path, [[rng("10.1.0.0/24", "10.1.0.10", "10.1.0.12")]])
     assert [ips(ipam.allocate(c, "eth0"))[0] for c in ("a", "b", "c")] == ["10.1.0.10/24", "10.1.0.11/24",
@@ -169,8 +190,9 @@ def test_concurrent_allocation_from_two_processes_is_distinct(tmp_path: Path) ->
 
 
 def test_status_and_gc_commands(tmp_path: Path) -> None:
-    body = {"cniVersion": "1.1.0", "name": "net", "type": "netk8s-cni",
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]], "dataDir": str(tmp_path)}}
+    body: dict[str, Any] = {"cniVersion": "1.1.0", "name": "net", "type": "netk8s-cni",
+                            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]],
+                                     "dataDir": str(tmp_path)}}
     assert plugin.execute({"CNI_COMMAND": "STATUS"}, json.dumps(body)) is None
     blocker = tmp_path / "file"
     blocker.write_text("")
