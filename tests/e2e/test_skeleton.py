@@ -18,6 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "topologies" / "apps" / "echo.yaml"
 
 
+def diagnostics(cluster: Cluster) -> str:
+    """What a failed data-path assertion needs to be understood: pods, endpoints, the daemon's log."""
+    pods = run_cli("--cluster", cluster.name, "get", "pods", "-o", "wide").stdout
+    slices = run_cli("--cluster", cluster.name, "get", "endpointslices", "-o", "yaml").stdout
+    log = (cluster.state.log_file.read_text()[-6000:] if cluster.state.log_file.exists() else "")
+    return f"\n--- pods\n{pods}\n--- endpointslices\n{slices}\n--- daemon.log (tail)\n{log}"
+
+
 @pytest.fixture
 def forward_drop():
     """Set the root namespace's FORWARD policy to DROP (as Docker does) for the test, then restore it."""
@@ -62,10 +70,10 @@ def test_clusterip_service_answers_with_real_packets(down_on_exit, forward_drop)
     client_ip = client["status"]["podIP"]
     cluster_ip = cluster.get("service", "echo")["spec"]["clusterIP"]
 
-    script = f"for i in $(seq 30); do curl -s -m 3 http://{cluster_ip}/; echo; done"
+    script = f"for i in $(seq 30); do curl -sS -m 3 http://{cluster_ip}/; echo; done"
     out = cluster.exec("client", ["sh", "-c", script], timeout=120)
     answers = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-    assert len(answers) == 30, out.stdout + out.stderr
+    assert len(answers) == 30, out.stdout + out.stderr + diagnostics(cluster)
     backends = Counter(a["pod"] for a in answers)
     assert len(backends) >= 2, backends
     endpoints = {p["metadata"]["name"] for p in cluster.list("pods", "default", "app=echo")}
