@@ -17,6 +17,8 @@ from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
 
+CONFLICT_RETRY_DELAY = 0.05
+
 
 class Controller:
     name = "controller"
@@ -66,10 +68,14 @@ class Controller:
                 self.sync(key)
                 self.queue.forget(key)
             except ApiError as exc:
-                # Conflicts are routine (our cache was a version behind): retry quietly.
-                level = logging.DEBUG if exc.code == 409 else logging.WARNING
-                log.log(level, "%s: sync of %s failed (will retry): %s", self.name, key, exc)
-                self.queue.retry(key)
+                if exc.code == 409:
+                    # A conflict only means our cache was a version behind: the watch brings the
+                    # newer one within milliseconds, so retry soon and without growing back-off.
+                    log.debug("%s: sync of %s conflicted (will retry): %s", self.name, key, exc)
+                    self.queue.add_after(key, CONFLICT_RETRY_DELAY)
+                else:
+                    log.warning("%s: sync of %s failed (will retry): %s", self.name, key, exc)
+                    self.queue.retry(key)
             except Exception as exc:
                 log.warning("%s: sync of %s failed (will retry): %s", self.name, key, exc)
                 log.debug("%s: sync of %s failed", self.name, key, exc_info=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
@@ -32,6 +32,21 @@ from netk8s.kubelet.podfiles import pod_identity
 from netk8s.kubelet.runtime import DEFAULT_PATH
 from netk8s.kubelet.sandbox import pod_enter_argv
 from netk8s.topology import Topology, default_topology, load_dict, load_file
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def _topology(source: str | Path | Topology | dict | None, name: str | None) -> Topology:
@@ -130,14 +145,10 @@ class Cluster:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1,
                  what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise NetK8sError(f"timed out after {timeout:g}s waiting for {what}")
-            time.sleep(interval)
+        try:
+            return wait_for(predicate, timeout, interval, what)
+        except TimeoutError as exc:
+            raise NetK8sError(str(exc)) from None
 
     def wait_ready(self, kind: str = "deployment", name: str | None = None, namespace: str = "default",
                    timeout: float = 60) -> None:

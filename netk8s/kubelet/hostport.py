@@ -28,10 +28,10 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from typing import Callable, Iterable
 
+from netk8s.api.network import Protocol
 from netk8s.proxy.iptables import quote, rules_by_chain
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,6 @@ MAX_CHAIN = 28
 MARK_BIT = 13
 MULTIPORT_MAX = 15
 UNSPECIFIED = IPv4Address("0.0.0.0")
-
-
-class Protocol(str, Enum):
-    TCP = "TCP"
-    UDP = "UDP"
-    SCTP = "SCTP"
-
-    @property
-    def lowercase(self) -> str:
-        return self.value.lower()
 
 
 @dataclass(frozen=True)

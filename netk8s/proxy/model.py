@@ -19,22 +19,12 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
 
 from netk8s.api import meta
+from netk8s.api.network import Protocol
 from netk8s.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-
-class Protocol(str, Enum):
-    TCP = "TCP"
-    UDP = "UDP"
-    SCTP = "SCTP"
-
-    @property
-    def lowercase(self) -> str:
-        """The spelling iptables and kube-proxy's hashes use ("tcp")."""
-        return self.value.lower()
 
 
 class ServiceType(str, Enum):

@@ -5,31 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
 
+from netk8s.cluster.api import wait_for  # noqa: F401  (re-exported for tests)
 from netk8s.cluster.state import StateDir
 from netk8s.kernel import netns, procs
 
 ProcessRecord = tuple[int, "int | None", str]
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
-             what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 @dataclass(frozen=True)
 class CliResult:
     code: int

@@ -22,9 +22,20 @@ from netk8s.cluster.state import StateDir
 from netk8s.kernel import iptables as kipt
 from netk8s.kernel import netns, procs
 from netk8s.kubelet import podfiles
-from netk8s.kubelet.hostport import HostportManager, PodPortMappings, PortMapping, Protocol, render
+from netk8s.kubelet.hostport import (
+    HostportManager,
+    PodPortMappings,
+    PortMapping,
+    Protocol,
+    render,
+)
 from netk8s.kubelet.runtime import ProcessRuntime
-from netk8s.kubelet.sandbox import SandboxRuntime, enter_argv, pause_record, pod_enter_argv
+from netk8s.kubelet.sandbox import (
+    SandboxRuntime,
+    enter_argv,
+    pause_record,
+    pod_enter_argv,
+)
 from netk8s.proxy.iptables import rules_by_chain
 
 

@@ -8,10 +8,12 @@ from typing import Iterator
 
 import pytest
 
+from netk8s.api import meta
 from netk8s.api.resources import ENDPOINTS, PODS, SERVICES
 from netk8s.client.rest import ApiClient
 from netk8s.controllers.endpoints import (
     MAX_CAPACITY,
+    TRIGGER_TIME_ANNOTATION,
     EndpointsController,
     TriggerTimeTracker,
     desired_labels,
@@ -162,8 +164,10 @@ def run_pod(api: ApiClient, name: str, ip: str, ready: bool) -> None:
                       "spec": {"nodeName": "worker", "containers": [
                           {"name": "c", "image": "netk8s/echo", "ports": [{"name": "http", "containerPort": 8080}]}]}},
                "default")
+    # As a kubelet does, the Ready condition carries its transition time (the endpoints trigger time).
     api.patch(PODS, name, {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
-        {"type": "Ready", "status": "True" if ready else "False"}]}}, "default", subresource="status")
+        {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": meta.now()}]}},
+              "default", subresource="status")
 
 
 def endpoints_of(api: ApiClient, name: str = "web") -> dict | None:
@@ -182,7 +186,9 @@ def test_endpoints_follow_pods_and_the_service(controller: ApiClient) -> None:
     api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "labels": {"l": "v"}},
                           "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80,
                                                                           "targetPort": "http"}]}}, "default")
-    ep = wait_for(lambda: (e := endpoints_of(api)) and ips(e, "notReadyAddresses") and e)
+    # The write that added the last pod carries that pod's Ready transition as its trigger time.
+    ep = wait_for(lambda: (e := endpoints_of(api)) and ips(e, "notReadyAddresses") and ips(e, "addresses")
+                  and TRIGGER_TIME_ANNOTATION in ((e.get("metadata") or {}).get("annotations") or {}) and e)
     assert isinstance(ep, dict)
     assert ep["subsets"] == [{
         "addresses": [{"ip": "10.244.1.2", "nodeName": "worker", "targetRef": {
