@@ -15,6 +15,7 @@ import datetime as _dt
 import logging
 import threading
 import time
+from typing import Callable
 
 from netk8s.api import meta
 from netk8s.api.resources import PODS, REPLICASETS
@@ -101,9 +102,12 @@ class ReplicaSetController(Controller):
                 del entries[name]
             return set(entries)
 
-    def _expect(self, table: dict[str, dict[str, float]], key: str, name: str) -> None:
+    def _expect(self, table: dict[str, dict[str, float]], key: str, name: str, observed: Callable[[], bool]) -> None:
+        """Remember a creation/deletion until the pod watch shows it, unless it already has: the
+        watch can deliver our own write before the create/delete call returns to us."""
         with self._lock:
-            table.setdefault(key, {})[name] = time.monotonic() + _EXPECTATION_TTL
+            if not observed():
+                table.setdefault(key, {})[name] = time.monotonic() + _EXPECTATION_TTL
 
     def sync(self, key: str) -> None:
         rs = self.replicasets.get(key)
@@ -142,13 +146,20 @@ class ReplicaSetController(Controller):
             template = (rs.get("spec") or {}).get("template") or {}
             for _ in range(diff):
                 created = self.client.create(PODS, pod_from_template(rs, template), ns)
-                self._expect(self._pending_adds, key, meta.name_of(created))
+                pod_key = meta.key_of(created)
+                self._expect(self._pending_adds, key, meta.name_of(created),
+                             lambda: self.pods.get(pod_key) is not None)  # noqa: B023 (called at once)
                 log.info("%s: created pod %s", key, meta.name_of(created))
         elif diff < 0 and not pending_adds:
             for pod in sorted(owned, key=_deletion_rank)[:-diff]:
-                self._expect(self._pending_deletes, key, meta.name_of(pod))
+                pod_key = meta.key_of(pod)
                 with ignore_not_found():
                     self.client.delete(PODS, meta.name_of(pod), ns)
+
+                def gone(pod_key: str = pod_key) -> bool:
+                    current = self.pods.get(pod_key)
+                    return current is None or bool((current.get("metadata") or {}).get("deletionTimestamp"))
+                self._expect(self._pending_deletes, key, meta.name_of(pod), gone)
                 log.info("%s: deleted pod %s", key, meta.name_of(pod))
                 owned = [p for p in owned if meta.name_of(p) != meta.name_of(pod)]
         self._update_status(rs, owned)
