@@ -25,6 +25,9 @@ from netk8s.errors import ValidationError
 log = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# Services carrying these labels are not ours to proxy (another proxy owns them, or they are headless).
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+HEADLESS_LABEL = "service.kubernetes.io/headless"
 
 
 class ServiceType(str, Enum):
@@ -42,7 +45,7 @@ def service_port_name(namespace: str, name: str, port_name: str) -> str:
 
 @dataclass(frozen=True)
 class ServicePort:
-    """One proxied port of a service with a cluster IP."""
+    """One proxied port of a service with a cluster IP, with everything kube-proxy renders for it."""
 
     namespace: str
     name: str
@@ -52,10 +55,22 @@ class ServicePort:
     port: int
     node_port: int | None = None
     service_type: ServiceType = ServiceType.CLUSTER_IP
+    external_ips: tuple[IPv4Address, ...] = ()
+    load_balancer_ips: tuple[IPv4Address, ...] = ()  # status.loadBalancer.ingress[].ip
+    load_balancer_source_ranges: tuple[IPv4Network, ...] = ()
+    external_policy_local: bool = False  # externalTrafficPolicy: Local (NodePort, LB, externalIPs)
+    internal_policy_local: bool = False  # internalTrafficPolicy: Local
+    health_check_node_port: int | None = None
+    session_affinity_seconds: int | None = None  # sessionAffinity: ClientIP -> timeoutSeconds
 
     @property
     def service_port_name(self) -> str:
         return service_port_name(self.namespace, self.name, self.port_name)
+
+    @property
+    def has_external(self) -> bool:
+        """Traffic can arrive from outside the cluster (externalTrafficPolicy applies)."""
+        return bool(self.node_port or self.external_ips or self.load_balancer_ips)
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,10 @@ def build_service_ports(services: Iterable[dict]) -> list[ServicePort]:
             continue
         if svc_type is ServiceType.EXTERNAL_NAME:
             continue
+        labels = meta.labels_of(svc)
+        if SERVICE_PROXY_NAME_LABEL in labels or HEADLESS_LABEL in labels:
+            log.debug("service %s: labelled for another proxy or headless, skipped", key)
+            continue
         raw_ip = spec.get("clusterIP")
         if not raw_ip or raw_ip == "None":
             continue
@@ -135,6 +154,24 @@ def build_service_ports(services: Iterable[dict]) -> list[ServicePort]:
             continue
         if not isinstance(cluster_ip, IPv4Address):
             continue
+        externals = _addresses(spec.get("externalIPs") or [], key, "spec.externalIPs")
+        lb_ips = _addresses([i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {})
+                             .get("ingress") or [] if isinstance(i, dict) and i.get("ip")], key,
+                            "status.loadBalancer.ingress")
+        ranges = _networks(spec.get("loadBalancerSourceRanges") or [], key)
+        affinity = None
+        if spec.get("sessionAffinity") == "ClientIP":
+            config = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+            affinity = int(config.get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
+        extras = dict(
+            external_ips=externals,
+            load_balancer_ips=lb_ips if svc_type is ServiceType.LOAD_BALANCER else (),
+            load_balancer_source_ranges=ranges if svc_type is ServiceType.LOAD_BALANCER else (),
+            external_policy_local=spec.get("externalTrafficPolicy") == "Local",
+            internal_policy_local=spec.get("internalTrafficPolicy") == "Local",
+            health_check_node_port=_port_number(spec.get("healthCheckNodePort")),
+            session_affinity_seconds=affinity,
+        )
         for i, port in enumerate(spec.get("ports") or []):
             if not isinstance(port, dict):
                 continue
@@ -147,9 +184,32 @@ def build_service_ports(services: Iterable[dict]) -> list[ServicePort]:
             result.add(ServicePort(
                 namespace=meta.namespace_of(svc), name=meta.name_of(svc), port_name=port.get("name") or "",
                 protocol=protocol, cluster_ip=cluster_ip, port=number, node_port=node_port,
-                service_type=svc_type,
+                service_type=svc_type, **extras,  # type: ignore[arg-type]
             ))
     return sorted(result, key=lambda p: (p.namespace, p.name, p.port_name, p.protocol.value))
+
+
+DEFAULT_AFFINITY_SECONDS = 10800  # kube-proxy's default ClientIP affinity timeout (3 hours)
+
+
+def _addresses(values: list, key: str, field: str) -> tuple[IPv4Address, ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(IPv4Address(value))
+        except (ValueError, TypeError):
+            log.debug("service %s: %s entry %r is not an IPv4 address, skipped", key, field, value)
+    return tuple(sorted(set(out)))
+
+
+def _networks(values: list, key: str) -> tuple[IPv4Network, ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(IPv4Network(str(value).strip(), strict=False))
+        except ValueError:
+            log.debug("service %s: loadBalancerSourceRanges entry %r is not an IPv4 CIDR, skipped", key, value)
+    return tuple(sorted(set(out)))
 
 
 def _condition(conditions: dict, name: str, default: bool) -> bool:

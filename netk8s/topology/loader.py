@@ -70,7 +70,8 @@ from netk8s.topology.schema import (
 
 logger = logging.getLogger(__name__)
 
-_TOP_FIELDS = ("apiVersion", "kind", "name", "podSubnet", "serviceSubnet", "nodePortRange", "networking",
+_TOP_FIELDS = ("apiVersion", "kind", "name", "podSubnet", "serviceSubnet", "nodePortRange", "loadBalancerPool",
+               "networking",
                "proxyMode", "store", "controlPlane", "nodes", "hosts", "switches", "routers", "links", "manifests")
 _CONTROL_PLANE_FIELDS = ("nodeMonitorGracePeriod", "podEvictionTimeout")
 _NETWORKING_FIELDS = ("mode", "cni")
@@ -180,6 +181,8 @@ def to_dict(topology: Topology) -> dict[str, Any]:
         "podSubnet": str(topology.pod_subnet),
         "serviceSubnet": str(topology.service_subnet),
         "nodePortRange": f"{topology.node_port_range[0]}-{topology.node_port_range[1]}",
+        **({"loadBalancerPool": f"{topology.load_balancer_pool[0]}-{topology.load_balancer_pool[1]}"}
+           if topology.load_balancer_pool else {}),
         "networking": {"mode": topology.networking_mode.value, "cni": topology.cni_plugin.value},
         "proxyMode": topology.proxy_mode.value,
         "store": topology.store.value,
@@ -335,6 +338,27 @@ def _duration(value: Any, path: str, default: float) -> float:
     if match is None or float(match.group(1)) <= 0:
         raise ValidationError(path, f"expected a positive duration like 10s, 2m or 500ms, got {render(value)}")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _address_range(value: Any, path: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None:
+    """"172.18.255.200-172.18.255.250" or a CIDR like 172.18.255.192/27 (its usable addresses)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    hint = "expected a range like 172.18.255.200-172.18.255.250 or a CIDR like 172.18.255.192/27"
+    try:
+        if "/" in text:
+            net = ipaddress.IPv4Network(text, strict=False)
+            hosts = list(net.hosts()) if net.num_addresses > 2 else list(net)
+            first, last = hosts[0], hosts[-1]
+        else:
+            a, _, b = text.partition("-")
+            first, last = ipaddress.IPv4Address(a.strip()), ipaddress.IPv4Address(b.strip())
+    except (ValueError, IndexError):
+        raise ValidationError(path, f"{hint}, got {render(value)}") from None
+    if first > last:
+        raise ValidationError(path, f"the first address {first} is after the last {last}")
+    return first, last
 
 
 def _port_range(value: Any, path: str) -> tuple[int, int]:
@@ -529,6 +553,7 @@ class _Builder:
         proxy_mode = _enum(d.get("proxyMode"), "proxyMode", ProxyMode, ProxyMode.IPTABLES)
         store = _enum(d.get("store"), "store", StoreKind, StoreKind.SQLITE)
         control_plane = self._control_plane()
+        lb_pool = _address_range(d.get("loadBalancerPool"), "loadBalancerPool")
 
         nodes = self._nodes()
         hosts = self._hosts()
@@ -544,7 +569,7 @@ class _Builder:
             name=name, pod_subnet=pod_subnet, service_subnet=service_subnet, node_port_range=port_range,
             networking_mode=mode, proxy_mode=proxy_mode, store=store, nodes=tuple(nodes), hosts=tuple(hosts),
             switches=tuple(switches), routers=tuple(routers), links=tuple(links), manifests=tuple(manifests),
-            control_plane_spec=control_plane, cni_plugin=cni, source=None,
+            control_plane_spec=control_plane, cni_plugin=cni, load_balancer_pool=lb_pool, source=None,
         )
 
     def _control_plane(self) -> ControlPlaneSpec:

@@ -193,6 +193,20 @@ class Topology:
     manifests: tuple[Path | dict, ...] = field(default=(), hash=False)
     control_plane_spec: ControlPlaneSpec = ControlPlaneSpec()
     cni_plugin: CniPlugin = CniPlugin.NETK8S
+    # Addresses the emulated cloud load balancer hands to LoadBalancer Services (first, last);
+    # None: the top 51 addresses of the first switch's subnet (172.18.255.200-250 by default, as with kind + MetalLB).
+    load_balancer_pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None = None
+
+    def lb_pool(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None:
+        """The load balancer address range, or None when there is no switch subnet to take it from."""
+        if self.load_balancer_pool is not None:
+            return self.load_balancer_pool
+        if not self.switches:
+            return None
+        subnet = self.switches[0].subnet
+        last = subnet.broadcast_address - 5
+        first = last - 50
+        return (first, last) if first > subnet.network_address + 1 else None
     # Where the topology was read from; provenance only, so not part of equality.
     source: Path | None = field(default=None, compare=False)
 

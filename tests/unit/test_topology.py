@@ -539,3 +539,16 @@ def test_link_loss_delay_and_cni_plugin() -> None:
     with pytest.raises(ValidationError, match=r'^networking\.cni: unsupported value "calico"; use one of: netk8s, '
                                               r'bridge'):
         load_dict({**base, "networking": {"cni": "calico"}, "links": [{"endpoints": ["cp", "s1"]}]})
+
+
+def test_load_balancer_pool() -> None:
+    assert default_topology().lb_pool() == (ipaddress.IPv4Address("172.18.255.200"),
+                                           ipaddress.IPv4Address("172.18.255.250"))
+    base = {"apiVersion": "netk8s.io/v1alpha1", "kind": "Cluster", "nodes": [{"name": "cp", "role": "control-plane"}]}
+    topo = load_dict({**base, "loadBalancerPool": "172.18.100.0/30"})
+    assert topo.lb_pool() == (ipaddress.IPv4Address("172.18.100.1"), ipaddress.IPv4Address("172.18.100.2"))
+    assert load_dict(to_dict(topo)) == topo
+    with pytest.raises(ValidationError, match=r"^loadBalancerPool: expected a range like"):
+        load_dict({**base, "loadBalancerPool": "lots"})
+    with pytest.raises(ValidationError, match=r"^loadBalancerPool: the first address 10.0.0.9 is after the last"):
+        load_dict({**base, "loadBalancerPool": "10.0.0.9-10.0.0.1"})
