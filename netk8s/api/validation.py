@@ -374,6 +374,59 @@ def validate_service(obj: dict) -> list[FieldError]:
     selector = spec.get("selector")
     if selector is not None:
         errors += validate_labels(selector, "spec.selector")
+    errors += _service_traffic_errors(spec, svc_type)
+    return errors
+
+
+def _service_traffic_errors(spec: dict, svc_type: str) -> list[FieldError]:
+    """externalIPs, load balancer fields, traffic policies and session affinity, as kube-apiserver checks them."""
+    errors: list[FieldError] = []
+    for i, ip in enumerate(spec.get("externalIPs") or []):
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            errors.append(FieldError(f"spec.externalIPs[{i}]", ErrorType.INVALID, ip,
+                                     "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+            continue
+        if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
+            errors.append(FieldError(f"spec.externalIPs[{i}]", ErrorType.INVALID, ip,
+                                     "may not be unspecified, loopback, multicast or link-local"))
+    for i, cidr in enumerate(spec.get("loadBalancerSourceRanges") or []):
+        try:
+            ipaddress.ip_network(str(cidr).strip(), strict=False)
+        except ValueError:
+            errors.append(FieldError(f"spec.loadBalancerSourceRanges[{i}]", ErrorType.INVALID, cidr,
+                                     "must be a valid CIDR, (e.g. 10.0.0.0/8)"))
+    if spec.get("loadBalancerSourceRanges") and svc_type != "LoadBalancer":
+        errors.append(FieldError("spec.loadBalancerSourceRanges", ErrorType.FORBIDDEN,
+                                 detail="may only be used when `type` is 'LoadBalancer'"))
+    if spec.get("loadBalancerIP"):
+        try:
+            ipaddress.ip_address(spec["loadBalancerIP"])
+        except ValueError:
+            errors.append(FieldError("spec.loadBalancerIP", ErrorType.INVALID, spec["loadBalancerIP"],
+                                     "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+    for field in ("externalTrafficPolicy", "internalTrafficPolicy"):
+        value = spec.get(field)
+        if value is not None and value not in ("Cluster", "Local"):
+            errors.append(FieldError(f"spec.{field}", ErrorType.NOT_SUPPORTED, value,
+                                     'supported values: "Cluster", "Local"'))
+    if spec.get("externalTrafficPolicy") and svc_type not in ("NodePort", "LoadBalancer") \
+            and not spec.get("externalIPs"):
+        errors.append(FieldError("spec.externalTrafficPolicy", ErrorType.INVALID, spec["externalTrafficPolicy"],
+                                 "may only be set for externally-accessible services"))
+    affinity = spec.get("sessionAffinity", "None")
+    if affinity not in ("None", "ClientIP"):
+        errors.append(FieldError("spec.sessionAffinity", ErrorType.NOT_SUPPORTED, affinity,
+                                 'supported values: "ClientIP", "None"'))
+    timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+    if timeout is not None:
+        if affinity != "ClientIP":
+            errors.append(FieldError("spec.sessionAffinityConfig", ErrorType.INVALID, spec["sessionAffinityConfig"],
+                                     "must not be set when `sessionAffinity` is None"))
+        elif not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
+            errors.append(FieldError("spec.sessionAffinityConfig.clientIP.timeoutSeconds", ErrorType.INVALID,
+                                     timeout, "must be greater than 0 and less than 86400"))
     return errors
 
 

@@ -394,6 +394,7 @@ class Registry:
             new["status"] = copy.deepcopy(current.get("status", {}))
         if resource.kind == "Service":
             _keep_allocated_values(current, new)
+            _drop_type_dependent_fields(current, new)
         return new
 
     def _immutable_errors(self, resource: ResourceType, current: dict, new: dict) -> list[FieldError]:
@@ -801,6 +802,22 @@ def _add_default_tolerations(spec: dict, seconds: int) -> None:
                for t in tolerations):
             continue
         tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
+
+
+def _drop_type_dependent_fields(current: dict, new: dict) -> None:
+    """A Service changing type loses the fields only the old type had, unless the caller changed
+    them on purpose in this update (kube-apiserver's dropTypeDependentFields)."""
+    cur_spec, new_spec = current.get("spec") or {}, new.get("spec") or {}
+    new_type = new_spec.get("type", "ClusterIP")
+    if new_type == cur_spec.get("type", "ClusterIP"):
+        return
+    external = new_type in ("NodePort", "LoadBalancer") or bool(new_spec.get("externalIPs"))
+    if not external and new_spec.get("externalTrafficPolicy") == cur_spec.get("externalTrafficPolicy"):
+        new_spec.pop("externalTrafficPolicy", None)
+    if new_type != "LoadBalancer":
+        for field in ("healthCheckNodePort", "allocateLoadBalancerNodePorts", "loadBalancerClass"):
+            if new_spec.get(field) == cur_spec.get(field):
+                new_spec.pop(field, None)
 
 
 def _keep_allocated_values(current: dict, new: dict) -> None:

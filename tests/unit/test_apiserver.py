@@ -226,3 +226,23 @@ def test_type_change_releases_node_ports(api: ApiClient) -> None:
     assert "nodePort" not in api.get(SVCS, "np", "default")["spec"]["ports"][0]
     assert api.create(SVCS, svc("np2", type="NodePort", ports=[{"port": 80, "nodePort": 30100}]),
                       "default")["spec"]["ports"][0]["nodePort"] == 30100
+
+
+def test_service_traffic_fields_are_validated_and_defaulted(api: ApiClient) -> None:
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("x", externalIPs=["127.0.0.1"]), "default")
+    assert 'spec.externalIPs[0]: Invalid value: "127.0.0.1"' in str(exc.value)
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("x", loadBalancerSourceRanges=["10.0.0.0/8"]), "default")
+    assert "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'" in str(exc.value)
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("x", type="NodePort", externalTrafficPolicy="Nearby"), "default")
+    assert 'spec.externalTrafficPolicy: Unsupported value: "Nearby"' in str(exc.value)
+    sticky = api.create(SVCS, svc("sticky", sessionAffinity="ClientIP"), "default")
+    assert sticky["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
+    with pytest.raises(ApiError) as exc:
+        api.create(SVCS, svc("y", sessionAffinity="ClientIP",
+                             sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}}), "default")
+    assert "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0" in str(exc.value)
+    ext = api.create(SVCS, svc("ext", externalIPs=["203.0.113.7"]), "default")
+    assert ext["spec"]["externalTrafficPolicy"] == "Cluster"
