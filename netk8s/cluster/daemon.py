@@ -11,6 +11,7 @@ object it recorded.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -32,16 +33,22 @@ from netk8s.cluster.state import Phase, StateDir, write_kubeconfig
 from netk8s.cluster.teardown import teardown
 from netk8s.cni.hostgw import HostGwAgent
 from netk8s.cni.vxlan import VxlanAgent, VxlanConfig, overlay_mtu, route_external_host
+from netk8s.controllers.loadbalancer import LoadBalancerController
 from netk8s.controllers.manager import ControllerManager
+from netk8s.emulator.announce import LbAnnouncer
 from netk8s.emulator.network import LINK_MTU, EmulatedNetwork
 from netk8s.errors import NetK8sError
+from netk8s.kernel.conntrack import ConntrackCleaner
+from netk8s.kernel.nft import NetnsNft
 from netk8s.kernel.procs import start_time
 from netk8s.kubelet.kubelet import Kubelet, KubeletConfig
+from netk8s.proxy.health import ProxyHealth, prepare_node
 from netk8s.proxy.model import ProxyConfig
+from netk8s.proxy.nftables import NftablesOptions, NftablesRuleSet
 from netk8s.proxy.proxier import Proxier
 from netk8s.scheduler.scheduler import Scheduler
 from netk8s.store.sqlite import SQLiteStore
-from netk8s.topology import NetworkingMode, StoreKind, Topology, load_dict
+from netk8s.topology import NetworkingMode, ProxyMode, StoreKind, Topology, load_dict
 
 log = logging.getLogger("netk8s.daemon")
 
@@ -58,6 +65,7 @@ class ClusterDaemon:
         self.controller_manager: ControllerManager | None = None
         self.agents: list[Controller] = []
         self.kubelets: list[Kubelet] = []
+        self.proxiers: dict[str, Proxier] = {}
         self.client: ApiClient | None = None
 
     def start(self) -> None:
@@ -102,8 +110,7 @@ class ClusterDaemon:
                 self._run(VxlanAgent(self.client, VxlanConfig.for_node(topo, node.name, ns)))
             else:
                 self._run(HostGwAgent(self.client, ns, node.name, subnets))
-            self._run(Proxier(self.client, ProxyConfig(node_name=node.name, node_ip=node_ip,
-                                                       cluster_cidr=topo.pod_subnet), ns))
+            self._start_proxy(node.name, node_ip, ns)
         for host in topo.hosts:
             ns = node_netns(topo.name, host.name)
             if vxlan:
@@ -116,11 +123,28 @@ class ClusterDaemon:
             for router in topo.routers:
                 self._run(HostGwAgent(self.client, node_netns(topo.name, router.name), None,
                                       plan.connected(router.name), plan.router_routes.get(router.name)))
+        pool = topo.lb_pool()
+        if pool is not None:  # the emulated cloud: load balancer IPs, announced by a node like MetalLB L2
+            self._run(LoadBalancerController(self.client, pool))
+            self._run(LbAnnouncer(self.client, topo.name, topo))
         self._wait_nodes_ready()
         for manifest in topo.manifests:
             base = topo.source.parent if topo.source else None
             for applied in apply(self.client, load_manifests(manifest, base_dir=base)):
                 log.info("manifest: %s", applied.describe())
+
+    def _start_proxy(self, node_name: str, node_ip: ipaddress.IPv4Address, ns: str) -> None:
+        """kube-proxy for one node: rules in the topology's mode, conntrack clean-up, health endpoints."""
+        topo = self.topology
+        config = ProxyConfig(node_name=node_name, node_ip=node_ip, cluster_cidr=topo.pod_subnet)
+        prepare_node(ns, topo.proxy_mode)
+        ruleset = None
+        if topo.proxy_mode is ProxyMode.NFTABLES:
+            ruleset = NftablesRuleSet(NetnsNft(ns), config, NftablesOptions(service_cidrs=(topo.service_subnet,)))
+        proxier = Proxier(self.client, config, ns, ruleset=ruleset, after_sync=ConntrackCleaner(ns).after_sync)
+        self.proxiers[node_name] = proxier
+        self._run(proxier)
+        self._run(ProxyHealth(self.client, node_name, ns, topo.proxy_mode, lambda: proxier.last_sync_time))
 
     def _run(self, component: Controller) -> None:
         self.agents.append(component)

@@ -4,9 +4,12 @@ The only code that runs the iptables tools for kube-proxy. Everything goes
 through ``netk8s.kernel.netns.run`` (``nsenter --net``), so the caller stays in
 the root namespace and each call touches exactly one node namespace.
 
-Kernel quirk worth knowing: a multi-table payload is committed table by table
+Kernel quirks worth knowing: a multi-table payload is committed table by table
 (each ``COMMIT``), so a failure in the nat section leaves an already-committed
-filter section in place; a full resync repairs it.
+filter section in place; a full resync repairs it (the proxier forces one
+after any failure). ``iptables-save`` prints matches in its own canonical
+order (``-p`` first; ``recent`` as ``--rcheck --seconds N --reap --name X
+--mask M --rsource``), which is why the renderer writes rules in that form.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def restore(netns_name: str, text: str, noflush: bool = True) -> None:
 
 
 class NetnsIptables:
-    """The proxier's rule backend bound to one node namespace."""
+    """The iptables mode's kernel side (``netk8s.proxy.backend.RuleBackend``) bound to one node namespace."""
 
     def __init__(self, netns_name: str) -> None:
         self.netns_name = netns_name

@@ -72,6 +72,22 @@ class ServicePort:
         """Traffic can arrive from outside the cluster (externalTrafficPolicy applies)."""
         return bool(self.node_port or self.external_ips or self.load_balancer_ips)
 
+    @property
+    def external_local(self) -> bool:
+        """externalTrafficPolicy Local in effect (kube-proxy ignores it on ports with no external destination)."""
+        return self.external_policy_local and self.has_external
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        """Some traffic goes to cluster-wide endpoints: internal policy Cluster, or any external
+        destination (even with externalTrafficPolicy Local, pod and node traffic short-circuits to them)."""
+        return not self.internal_policy_local or self.has_external
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        """Some traffic goes only to this node's endpoints (a Local traffic policy in effect)."""
+        return self.internal_policy_local or self.external_local
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -92,6 +108,56 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class EndpointCategories:
+    """The endpoints one service port uses on one node, as kube-proxy's CategorizeEndpoints splits them.
+
+    ``cluster``: endpoints for Cluster traffic policy (ready ones; when none is
+    ready, serving+terminating ones). ``local``: this node's endpoints for
+    Local policy (ready local ones; when none, serving+terminating local
+    ones). ``reachable``: the union, each endpoint once, in input order: the
+    endpoints that get a KUBE-SEP chain. ``has_any``: some usable endpoint
+    exists anywhere in the cluster (else traffic is rejected).
+    """
+
+    cluster: tuple[Endpoint, ...]
+    local: tuple[Endpoint, ...]
+    reachable: tuple[Endpoint, ...]
+    has_any: bool
+
+
+def _serving_terminating(ep: Endpoint) -> bool:
+    return ep.serving and ep.terminating
+
+
+def categorize_endpoints(sp: ServicePort, endpoints: Iterable[Endpoint]) -> EndpointCategories:
+    """Split ``endpoints`` into the Cluster and Local sets ``sp`` uses (no topology hints)."""
+    eps = list(endpoints)
+    cluster: list[Endpoint] = []
+    local: list[Endpoint] = []
+    has_any = False
+    if sp.uses_cluster_endpoints:
+        cluster = [ep for ep in eps if ep.ready]
+        if not cluster:
+            # Fall back to endpoints that are shutting down but still serve, so
+            # connections during a rollout are not refused.
+            cluster = [ep for ep in eps if _serving_terminating(ep)]
+        has_any = bool(cluster)
+    if sp.uses_local_endpoints:
+        has_any = has_any or any(ep.ready or _serving_terminating(ep) for ep in eps)
+        local = [ep for ep in eps if ep.is_local and ep.ready]
+        if not local:
+            local = [ep for ep in eps if ep.is_local and _serving_terminating(ep)]
+    if not sp.uses_local_endpoints:
+        reachable = cluster
+    elif not sp.uses_cluster_endpoints:
+        reachable = local
+    else:
+        chosen = {id(ep) for ep in cluster} | {id(ep) for ep in local}
+        reachable = [ep for ep in eps if id(ep) in chosen]
+    return EndpointCategories(tuple(cluster), tuple(local), tuple(reachable), has_any)
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """Per-node settings of one kube-proxy."""
 
@@ -99,6 +165,10 @@ class ProxyConfig:
     node_ip: IPv4Address
     cluster_cidr: IPv4Network | None = None
     masquerade_bit: int = 14
+    # --iptables-localhost-nodeports (default true): NodePorts answer on 127.0.0.1 too (route_localnet=1,
+    # set by the node runtime), guarded by the "block incoming localnet connections" rule.
+    localhost_node_ports: bool = True
+    masquerade_all: bool = False  # --masquerade-all: SNAT all traffic to cluster IPs
 
     def __post_init__(self) -> None:
         if not 0 <= self.masquerade_bit <= 31:

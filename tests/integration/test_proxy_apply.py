@@ -5,17 +5,27 @@ with pod-network addresses and a default route through it (inside the
 namespace only), applies rendered rules with iptables-restore, reads them back
 with iptables-save and sends TCP connections to cluster IPs from inside the
 namespace. The namespace is deleted in a finalizer even when a test fails.
+
+The feature-cluster tests apply the unit tests' fixed cluster
+(``tests/unit/test_proxy_trace.py``): the kernel must accept every rule form
+and print it back exactly as rendered, and the packet-flow table must hold on
+the ruleset read back from the kernel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib.util
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import ModuleType
 from typing import Callable, Iterator
 
 import pytest
@@ -28,9 +38,11 @@ from netk8s.errors import KernelError
 from netk8s.kernel import iptables as kipt
 from netk8s.kernel import netns
 from netk8s.proxy import iptables as ipt
+from netk8s.proxy.backend import ProxyState, changed_services
 from netk8s.proxy.hashing import endpoint_chain, service_chain
 from netk8s.proxy.model import Endpoint, Protocol, ProxyConfig, ServicePort
 from netk8s.proxy.proxier import Proxier
+from netk8s.proxy.trace import trace_iptables
 from netk8s.store.sqlite import SQLiteStore
 
 CONFIG = ProxyConfig("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.0.0/16"))
@@ -347,3 +359,113 @@ def test_proxier_reports_persistent_failure(api: ApiClient, node: Node,
     assert proxier.sync_count == 0
     assert proxier.last_sync_error is not None and "injected failure" in proxier.last_sync_error
     assert not proxier.wait_for_sync(0.2)
+
+
+# -- kube-proxy's full feature set in a real kernel --------------------------------------------------
+
+def _flow_table() -> ModuleType:
+    # The packet-flow table lives with the unit tests; load it by path (tests/ is not a package).
+    path = Path(__file__).parent.parent / "unit" / "test_proxy_trace.py"
+    spec = importlib.util.spec_from_file_location("netk8s_flow_table", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+FLOWS = _flow_table()
+
+
+def _without_sctp(state: ProxyState) -> tuple[ProxyState, ProxyState]:
+    keep = tuple(p for p in state.service_ports if p.protocol is not Protocol.SCTP)
+    sctp = tuple(p for p in state.service_ports if p.protocol is Protocol.SCTP)
+    return ProxyState(keep, state.endpoints), ProxyState(sctp, state.endpoints)
+
+
+def test_feature_cluster_rules_read_back_exactly_and_trace_the_same(node: Node) -> None:
+    state, _ = _without_sctp(FLOWS.small_cluster_state())
+    result = ipt.plan(state.service_ports, state.endpoints, FLOWS.CONFIG, kipt.save(node.name))
+    kipt.restore(node.name, result.text)
+    saved = kipt.save(node.name)
+    # recent, addrtype, FW chains with target-less rules, REJECT/DROP, KUBE-FIREWALL: all read back verbatim.
+    assert_kernel_agrees(saved, result)
+    assert_jumps_exactly_once(saved)
+    assert saved.count("-A INPUT -j KUBE-FIREWALL") == 1 and saved.count("-A OUTPUT -j KUBE-FIREWALL") == 1
+    # The packet-flow table holds on what the kernel actually has.
+    for case in FLOWS.FLOW_CASES:
+        if case.packet.protocol is Protocol.SCTP:
+            continue
+        got = trace_iptables(saved, case.packet, set(FLOWS.LOCAL_ADDRESSES))
+        assert (got.verdict, got.endpoints, got.masquerade) == (case.verdict, case.endpoints, case.masquerade), \
+            case.id
+
+
+def test_sctp_rules_apply_when_the_kernel_has_sctp(node: Node) -> None:
+    _, sctp = _without_sctp(FLOWS.small_cluster_state())
+    assert sctp.service_ports
+    result = ipt.plan(sctp.service_ports, sctp.endpoints, FLOWS.CONFIG, kipt.save(node.name))
+    try:
+        kipt.restore(node.name, result.text)
+    except KernelError as exc:
+        if "sctp" in str(exc).lower():
+            pytest.skip(f"this kernel refuses SCTP matches: {exc}")
+        raise
+    assert_kernel_agrees(kipt.save(node.name), result)
+
+
+NODE_IP = "172.18.0.2"
+
+
+def _node_with_address(node: Node) -> None:
+    # The node's underlay address, inside the test namespace only; route_localnet as the node runtime sets it.
+    netns.run(node.name, ["ip", "addr", "add", f"{NODE_IP}/24", "dev", f"{node.prefix}a"])
+    netns.write_sysctl(node.name, "net.ipv4.conf.all.route_localnet", 1)
+
+
+def test_nodeport_on_node_ip_and_localhost(node: Node, listeners: Listeners) -> None:
+    _node_with_address(node)
+    sp = dataclasses.replace(WEB, node_port=30080)
+    apply(node.name, [sp], {WEB.service_port_name: web_endpoints()})
+    assert {fetch(node.name, NODE_IP, 30080) for _ in range(40)} == set(POD_IPS)
+    assert {fetch(node.name, "127.0.0.1", 30080) for _ in range(40)} == set(POD_IPS)
+    # A port that is not a NodePort is not DNATed: nothing listens there.
+    assert connect_errno(node.name, NODE_IP, 30099, timeout=1.0)[0] == errno.ECONNREFUSED
+
+
+def test_client_ip_affinity_sticks_to_one_endpoint(node: Node, listeners: Listeners) -> None:
+    sticky = dataclasses.replace(WEB, session_affinity_seconds=60)
+    apply(node.name, [sticky], {WEB.service_port_name: web_endpoints()})
+    assert len({fetch(node.name, "10.96.12.34", 80) for _ in range(30)}) == 1
+    # Switching affinity off re-renders the chains: connections spread again.
+    apply(node.name, [WEB], {WEB.service_port_name: web_endpoints()})
+    assert "recent" not in kipt.save(node.name)
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(40)} == set(POD_IPS)
+
+
+def test_partial_syncs_in_the_kernel(node: Node, listeners: Listeners) -> None:
+    ruleset = ipt.IptablesRuleSet(kipt.NetnsIptables(node.name), CONFIG)
+    eps = {WEB.service_port_name: tuple(web_endpoints()),
+           API.service_port_name: (Endpoint(IPv4Address("10.244.1.2"), 8080),)}
+    state = ProxyState.of([WEB, API], eps)
+    assert ruleset.sync(state, full=True, changed=frozenset()).full
+    api_chains = {c for c in kipt.chains_in(kipt.save(node.name))["nat"]
+                  if c in (service_chain("default/api", "tcp"),
+                           endpoint_chain("default/api", "tcp", "10.244.1.2:8080"))}
+    assert len(api_chains) == 2
+
+    # Drop one web endpoint: only web's chains are in the payload; api's are untouched.
+    smaller = ProxyState.of([WEB, API], {**eps, WEB.service_port_name: tuple(web_endpoints()[:2])})
+    result = ruleset.sync(smaller, full=False, changed=changed_services(state, smaller))
+    assert not result.full and result.changed == {"default/web"} and result.objects_deleted == 1
+    assert not any(f":{c} " in result.payload for c in api_chains)
+    saved = kipt.save(node.name)
+    gone = endpoint_chain("default/web:http", "tcp", f"{POD_IPS[2]}:8080")
+    assert gone not in kipt.chains_in(saved)["nat"] and api_chains <= kipt.chains_in(saved)["nat"]
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(40)} == set(POD_IPS[:2])
+    assert fetch(node.name, "10.96.12.35", 443) == "10.244.1.2"
+
+    # The kernel now holds exactly what a full sync of the new state renders.
+    full = ipt.render([WEB, API], smaller.endpoints, CONFIG)
+    assert_kernel_agrees(saved, full)
+    assert_jumps_exactly_once(saved)

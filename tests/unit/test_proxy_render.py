@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from ipaddress import IPv4Address, IPv4Network
@@ -11,6 +12,7 @@ import pytest
 
 from netk8s.errors import ValidationError
 from netk8s.proxy import iptables as ipt
+from netk8s.proxy.backend import ProxyState
 from netk8s.proxy.hashing import endpoint_chain, service_chain
 from netk8s.proxy.model import (
     Endpoint,
@@ -20,7 +22,10 @@ from netk8s.proxy.model import (
     ServiceType,
     build_endpoints,
     build_service_ports,
+    categorize_endpoints,
 )
+from test_proxy_trace import CONFIG as FEATURE_CONFIG
+from test_proxy_trace import small_cluster_state
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy_iptables_small.txt"
 CONFIG = ProxyConfig("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.0.0/16"))
@@ -245,12 +250,27 @@ def test_no_cluster_cidr_means_no_masquerade_rule_and_custom_mark() -> None:
     assert "0x4000" not in result.text
 
 
-def test_all_endpoints_not_ready_rejects() -> None:
+def test_all_endpoints_not_serving_rejects() -> None:
     sp = ServicePort("ns", "svc", "p", Protocol.TCP, IPv4Address("10.96.0.5"), 80)
-    eps = {"ns/svc:p": [Endpoint(IPv4Address("10.244.1.1"), 80, ready=False, serving=True, terminating=True)]}
+    eps = {"ns/svc:p": [Endpoint(IPv4Address("10.244.1.1"), 80, ready=False, serving=False, terminating=True),
+                        Endpoint(IPv4Address("10.244.1.2"), 80, ready=False, serving=True, terminating=False)]}
     result = ipt.render([sp], eps, CONFIG)
     assert "ns/svc:p has no endpoints" in result.text
     assert "KUBE-SVC-" not in result.text and "KUBE-SEP-" not in result.text
+
+
+def test_serving_terminating_endpoints_are_the_fallback() -> None:
+    sp = ServicePort("ns", "svc", "p", Protocol.TCP, IPv4Address("10.96.0.5"), 80)
+    draining = Endpoint(IPv4Address("10.244.1.1"), 80, ready=False, serving=True, terminating=True)
+    eps = {"ns/svc:p": [draining]}
+    result = ipt.render([sp], eps, CONFIG)
+    assert "has no endpoints" not in result.text
+    assert endpoint_chain("ns/svc:p", "tcp", "10.244.1.1:80") in result.chains["nat"]
+    # As soon as one endpoint is ready, the terminating one gets no traffic.
+    ready = Endpoint(IPv4Address("10.244.1.2"), 80)
+    result = ipt.render([sp], {"ns/svc:p": [draining, ready]}, CONFIG)
+    assert endpoint_chain("ns/svc:p", "tcp", "10.244.1.1:80") not in result.text
+    assert endpoint_chain("ns/svc:p", "tcp", "10.244.1.2:80") in result.chains["nat"]
 
 
 def test_stale_chains_deleted_only_for_our_prefixes() -> None:
@@ -271,7 +291,9 @@ def test_stale_chains_deleted_only_for_our_prefixes() -> None:
         assert lines.index(f"-X {chain}") > max(i for i, ln in enumerate(lines) if ln.startswith("-A "))
     for chain in foreign + [keep]:
         assert f"-X {chain}" not in result.text
-    assert ":KUBE-FIREWALL" not in result.text and ":PREROUTING" not in result.text
+    # KUBE-FIREWALL is declared (kube-proxy writes its localnet rule into it) but never deleted.
+    assert ":KUBE-FIREWALL - [0:0]" in result.text.split("*nat\n", 1)[0]
+    assert ":KUBE-FIREWALL" not in nat_section and ":PREROUTING" not in result.text
     assert "-X KUBE-SVC-GGGGGGGGGGGGGGGG" in result.text.split("*nat\n", 1)[0]
 
 
@@ -345,3 +367,241 @@ def test_chains_in_and_rules_by_chain_parse_save_output() -> None:
     assert rules[("nat", "OUTPUT")] == [
         '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']
     assert rules[("filter", "KUBE-SERVICES")] == []
+
+
+# -- kube-proxy's full feature set -------------------------------------------------------------
+
+FEATURES_GOLDEN = Path(__file__).parent / "golden" / "proxy_iptables_features.txt"
+
+
+def _features() -> tuple[ProxyState, ipt.RenderResult]:
+    state = small_cluster_state()
+    return state, ipt.plan(state.service_ports, state.endpoints, FEATURE_CONFIG, "")
+
+
+def test_golden_feature_cluster() -> None:
+    # NodePort (Cluster/Local), LoadBalancer with and without source ranges, externalIPs, no
+    # endpoints, internalTrafficPolicy Local, affinity, terminating fallback, TCP+UDP, SCTP.
+    text = _features()[1].text
+    if os.environ.get("NETK8S_UPDATE_GOLDEN") == "1":
+        FEATURES_GOLDEN.write_text(text)
+    assert text == FEATURES_GOLDEN.read_text()
+
+
+def _chain_rules(result: ipt.RenderResult, chain: str) -> list[str]:
+    return result.rules()[("nat", chain)]
+
+
+def test_external_traffic_policy_local_chain_layout() -> None:
+    _, result = _features()
+    spn = "default/np-local:http"
+    ext, svc, svl = ipt.ext_chain(spn, "tcp"), service_chain(spn, "tcp"), ipt.svl_chain(spn, "tcp")
+    assert _chain_rules(result, ext) == [
+        f'-A {ext} -s 10.244.0.0/16 -m comment --comment "pod traffic for {spn} external destinations" -j {svc}',
+        f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {spn} external destinations" '
+        "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
+        f'-A {ext} -m comment --comment "route LOCAL traffic for {spn} external destinations" '
+        f"-m addrtype --src-type LOCAL -j {svc}",
+        f"-A {ext} -j {svl}",
+    ]
+    # SVL holds only the local endpoint; SVC (for the short-circuit) all of them.
+    assert [r.rsplit(" -j ", 1)[1] for r in _chain_rules(result, svl)] == [
+        endpoint_chain(spn, "tcp", "10.244.1.5:8080")]
+    assert len([r for r in _chain_rules(result, svc) if "-j KUBE-SEP-" in r]) == 2
+    assert f'-A KUBE-NODEPORTS -p tcp -m comment --comment "{spn}" -m tcp --dport 30081 -j {ext}' in result.text
+    assert (f'-A KUBE-NODEPORTS -p tcp -m comment --comment "{spn} health check node port" -m tcp --dport 32000 '
+            "-j ACCEPT") in result.rules()[("filter", "KUBE-NODEPORTS")]
+    # Without local endpoints: no final jump in EXT, and a DROP in KUBE-EXTERNAL-SERVICES.
+    remote = "default/np-local-remote:http"
+    assert not any(r.endswith("-j " + ipt.svl_chain(remote, "tcp"))
+                   for r in _chain_rules(result, ipt.ext_chain(remote, "tcp")))
+    assert ipt.svl_chain(remote, "tcp") not in result.chains["nat"]
+    assert (f'-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "{remote} has no local endpoints" '
+            "-m addrtype --dst-type LOCAL -m tcp --dport 30082 -j DROP") in result.text
+
+
+def test_load_balancer_source_ranges_layout() -> None:
+    _, result = _features()
+    spn = "default/lb:http"
+    fw, ext = ipt.fw_chain(spn, "tcp"), ipt.ext_chain(spn, "tcp")
+    assert (f'-A KUBE-SERVICES -d 172.18.255.200/32 -p tcp -m comment --comment "{spn} loadbalancer IP" '
+            f"-m tcp --dport 80 -j {fw}") in result.text
+    assert _chain_rules(result, fw) == [
+        f'-A {fw} -s 172.18.0.0/24 -m comment --comment "{spn} loadbalancer IP" -j {ext}',
+        f'-A {fw} -s 203.0.113.0/24 -m comment --comment "{spn} loadbalancer IP" -j {ext}',
+        # The node IP (172.18.0.2) is in a range: the VIP itself is allowed as a source too.
+        f'-A {fw} -s 172.18.255.200/32 -m comment --comment "{spn} loadbalancer IP" -j {ext}',
+        f'-A {fw} -m comment --comment "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"',
+    ]
+    assert result.rules()[("filter", "KUBE-PROXY-FIREWALL")] == [
+        f'-A KUBE-PROXY-FIREWALL -d 172.18.255.200/32 -p tcp -m comment --comment "{spn} traffic not accepted by '
+        f'{fw}" -m tcp --dport 80 -j DROP']
+    assert _chain_rules(result, ext)[0] == (
+        f'-A {ext} -m comment --comment "masquerade traffic for {spn} external destinations" -j KUBE-MARK-MASQ')
+    # Without source ranges the LB IP goes straight to EXT.
+    open_spn = "default/lb-open:http"
+    assert ipt.fw_chain(open_spn, "tcp") not in result.text
+    assert f"--dport 80 -j {ipt.ext_chain(open_spn, 'tcp')}" in result.text
+
+
+def test_no_endpoints_rejects_every_destination_of_the_service() -> None:
+    _, result = _features()
+    rejects = [r for r in result.text.splitlines() if '"default/empty:http has no endpoints"' in r]
+    assert [r.split(" ", 2)[1] for r in rejects] == ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES",
+                                                     "KUBE-EXTERNAL-SERVICES"]
+    assert all(r.endswith("-j REJECT --reject-with icmp-port-unreachable") for r in rejects)
+    assert "-d 192.0.2.51/32" in rejects[1] and "--dst-type LOCAL -m tcp --dport 30084" in rejects[2]
+    assert service_chain("default/empty:http", "tcp") not in result.text
+    assert ipt.ext_chain("default/empty:http", "tcp") not in result.text
+
+
+def test_internal_traffic_policy_local() -> None:
+    _, result = _features()
+    spn = "default/itp-local:http"
+    svl = ipt.svl_chain(spn, "tcp")
+    assert (f'-A KUBE-SERVICES -d 10.96.0.21/32 -p tcp -m comment --comment "{spn} cluster IP" -m tcp --dport 80 '
+            f"-j {svl}") in result.text
+    assert service_chain(spn, "tcp") not in result.chains["nat"]
+    rules = _chain_rules(result, svl)
+    assert rules[0].startswith(f"-A {svl} ! -s 10.244.0.0/16 -d 10.96.0.21/32") and rules[0].endswith("KUBE-MARK-MASQ")
+    assert rules[1:] == [f'-A {svl} -m comment --comment "{spn} -> 10.244.1.5:8080" '
+                         f"-j {endpoint_chain(spn, 'tcp', '10.244.1.5:8080')}"]
+    assert ('-A KUBE-SERVICES -d 10.96.0.22/32 -p tcp -m comment --comment "default/itp-local-none:http has no '
+            'local endpoints" -m tcp --dport 80 -j DROP') in result.rules()[("filter", "KUBE-SERVICES")]
+
+
+def test_session_affinity_rules() -> None:
+    _, result = _features()
+    spn = "default/sticky:http"
+    svc = service_chain(spn, "tcp")
+    a, b = (endpoint_chain(spn, "tcp", f"{ip}:8080") for ip in ("10.244.1.5", "10.244.2.7"))
+    assert _chain_rules(result, svc)[1:] == [
+        f'-A {svc} -m comment --comment "{spn} -> 10.244.1.5:8080" -m recent --rcheck --seconds 600 --reap '
+        f"--name {a} --mask 255.255.255.255 --rsource -j {a}",
+        f'-A {svc} -m comment --comment "{spn} -> 10.244.2.7:8080" -m recent --rcheck --seconds 600 --reap '
+        f"--name {b} --mask 255.255.255.255 --rsource -j {b}",
+        f'-A {svc} -m comment --comment "{spn} -> 10.244.1.5:8080" -m statistic --mode random '
+        f"--probability 0.50000000000 -j {a}",
+        f'-A {svc} -m comment --comment "{spn} -> 10.244.2.7:8080" -j {b}',
+    ]
+    assert _chain_rules(result, a)[1] == (
+        f'-A {a} -p tcp -m comment --comment "{spn}" -m recent --set --name {a} --mask 255.255.255.255 --rsource '
+        "-m tcp -j DNAT --to-destination 10.244.1.5:8080")
+
+
+def test_external_ips_and_multiple_protocols() -> None:
+    _, result = _features()
+    spn = "default/extip:http"
+    assert (f'-A KUBE-SERVICES -d 192.0.2.50/32 -p tcp -m comment --comment "{spn} external IP" -m tcp --dport 80 '
+            f"-j {ipt.ext_chain(spn, 'tcp')}") in result.text
+    udp = service_chain("kube-system/kube-dns:dns", "udp")
+    tcp = service_chain("kube-system/kube-dns:dns-tcp", "tcp")
+    assert udp != tcp and {udp, tcp} <= set(result.chains["nat"])
+    assert "-A KUBE-SERVICES -d 10.96.0.25/32 -p sctp" in result.text and "-m sctp -j DNAT" in result.text
+
+
+def test_localnet_guard_and_localhost_nodeports_off() -> None:
+    _, result = _features()
+    assert result.rules()[("filter", "KUBE-FIREWALL")] == [
+        '-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" '
+        "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"]
+    assert "-I INPUT 1 -j KUBE-FIREWALL" in result.text and "-I OUTPUT 1 -j KUBE-FIREWALL" in result.text
+    config = dataclasses.replace(CONFIG, localhost_node_ports=False)
+    services, slices = small_cluster()
+    off = ipt.plan(build_service_ports(services), build_endpoints(slices, "node-1"), config, "")
+    assert "KUBE-FIREWALL" not in off.text
+    assert off.rules()[("nat", "KUBE-SERVICES")][-1] == (
+        '-A KUBE-SERVICES ! -d 127.0.0.0/8 -m comment --comment "kubernetes service nodeports; NOTE: this must be '
+        'the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+
+
+def test_masquerade_all() -> None:
+    config = dataclasses.replace(CONFIG, masquerade_all=True)
+    sp = ServicePort("ns", "svc", "p", Protocol.TCP, IPv4Address("10.96.0.5"), 80)
+    result = ipt.render([sp], {"ns/svc:p": [Endpoint(IPv4Address("10.244.1.1"), 80)]}, config)
+    svc = service_chain("ns/svc:p", "tcp")
+    assert result.rules()[("nat", svc)][0] == (
+        f'-A {svc} -d 10.96.0.5/32 -p tcp -m comment --comment "ns/svc:p cluster IP" -m tcp --dport 80 '
+        "-j KUBE-MARK-MASQ")
+
+
+def test_kubelet_jumps_are_checked_too() -> None:
+    rules = ipt.jump_rules(CONFIG)
+    assert rules[-2:] == ipt.KUBELET_JUMP_RULES
+    assert [r.save_line for r in ipt.KUBELET_JUMP_RULES] == ["-A INPUT -j KUBE-FIREWALL", "-A OUTPUT -j KUBE-FIREWALL"]
+    assert ipt.missing_jumps(SAVE_WITH_SOME_JUMPS, rules)[-2:] == [
+        "-I OUTPUT 1 -j KUBE-FIREWALL", '-I POSTROUTING 1 -m comment --comment "kubernetes postrouting rules" '
+        "-j KUBE-POSTROUTING"]
+    assert ipt.jump_rules(dataclasses.replace(CONFIG, localhost_node_ports=False)) == ipt.JUMP_RULES
+
+
+def test_partial_render_writes_only_the_named_services_chains() -> None:
+    state, full = _features()
+    partial = ipt.render(state.service_ports, state.endpoints, FEATURE_CONFIG, only=frozenset({"default/lb"}))
+    assert not partial.full and partial.written_services == {"default/lb"}
+    service_declared = {c for c in partial.chains["nat"] if ipt.is_service_chain(c)}
+    assert service_declared == set(full.service_chains["default/lb"])
+    # The top-level chains are complete: identical to the full render's.
+    for key in (("nat", "KUBE-SERVICES"), ("nat", "KUBE-NODEPORTS"), ("filter", "KUBE-SERVICES"),
+                ("filter", "KUBE-EXTERNAL-SERVICES"), ("filter", "KUBE-PROXY-FIREWALL")):
+        assert partial.rules()[key] == full.rules()[key], key
+    # ... and the bookkeeping still knows every service's chains.
+    assert partial.service_chains == full.service_chains
+    assert partial.written_chain_count == len(full.service_chains["default/lb"])
+
+
+# -- the model's traffic-policy logic ------------------------------------------------------------
+
+def _sp(**kw: object) -> ServicePort:
+    return ServicePort("ns", "s", "", Protocol.TCP, IPv4Address("10.96.0.1"), 80, **kw)  # type: ignore[arg-type]
+
+
+def _e(last: int, local: bool = False, ready: bool = True, serving: bool = True, terminating: bool = False) -> Endpoint:
+    return Endpoint(IPv4Address(f"10.244.0.{last}"), 80, ready=ready, serving=serving, terminating=terminating,
+                    is_local=local)
+
+
+def test_categorize_endpoints_cluster_and_local() -> None:
+    eps = [_e(1, local=True), _e(2), _e(3, local=True, ready=False, terminating=True), _e(4, ready=False,
+                                                                                        serving=False)]
+    plain = categorize_endpoints(_sp(), eps)
+    assert plain.cluster == (eps[0], eps[1]) and plain.local == () and plain.reachable == plain.cluster
+    assert plain.has_any
+    itp = categorize_endpoints(_sp(internal_policy_local=True), eps)
+    assert itp.cluster == () and itp.local == (eps[0],) and itp.reachable == (eps[0],)
+    etp = categorize_endpoints(_sp(node_port=30000, external_policy_local=True), eps)
+    assert etp.cluster == (eps[0], eps[1]) and etp.local == (eps[0],) and etp.reachable == (eps[0], eps[1])
+    # externalTrafficPolicy Local without an external destination is ignored, as kube-proxy does.
+    assert not _sp(external_policy_local=True).external_local
+
+
+def test_categorize_endpoints_terminating_fallback_per_set() -> None:
+    remote_ready = _e(2)
+    local_draining = _e(3, local=True, ready=False, terminating=True)
+    cats = categorize_endpoints(_sp(node_port=30000, external_policy_local=True), [remote_ready, local_draining])
+    # Cluster set: the ready one only. Local set: no ready local endpoint, so the serving terminating one.
+    assert cats.cluster == (remote_ready,) and cats.local == (local_draining,)
+    assert cats.reachable == (remote_ready, local_draining)
+    none = categorize_endpoints(_sp(internal_policy_local=True), [remote_ready])
+    assert none.local == () and none.has_any  # endpoints exist elsewhere: DROP, not REJECT
+    assert not categorize_endpoints(_sp(), [_e(5, ready=False, serving=False)]).has_any
+
+
+def test_build_service_ports_reads_every_proxy_field() -> None:
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": "lb"},
+           "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9", "externalIPs": ["192.0.2.9", "bad"],
+                    "loadBalancerSourceRanges": [" 203.0.113.0/24", "10.0.0.1/8"],
+                    "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+                    "healthCheckNodePort": 32001, "sessionAffinity": "ClientIP",
+                    "ports": [{"port": 80, "nodePort": 30001}]},
+           "status": {"loadBalancer": {"ingress": [{"ip": "172.18.255.200"}, {"hostname": "lb.example"}]}}}
+    (sp,) = build_service_ports([svc])
+    assert sp.external_ips == (IPv4Address("192.0.2.9"),)
+    assert sp.load_balancer_ips == (IPv4Address("172.18.255.200"),)
+    assert sp.load_balancer_source_ranges == (IPv4Network("10.0.0.0/8"), IPv4Network("203.0.113.0/24"))
+    assert sp.external_local and sp.internal_policy_local and sp.health_check_node_port == 32001
+    assert sp.session_affinity_seconds == 10800 and sp.node_port == 30001
+    # Ingress IPs and source ranges count only on LoadBalancer services.
+    svc["spec"]["type"] = "NodePort"
+    (np,) = build_service_ports([svc])
+    assert np.load_balancer_ips == () and np.load_balancer_source_ranges == ()

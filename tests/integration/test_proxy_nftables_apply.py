@@ -1,0 +1,376 @@
+"""kube-proxy's nftables mode applied for real inside a throwaway node namespace (root).
+
+Each test gets a namespace ``nk-t<random>-node`` with an interface holding
+pod-network addresses and a default route through it (inside the namespace
+only), syncs rendered rules with ``nft -f``, reads them back with
+``nft -j list table ip kube-proxy`` and opens TCP connections to cluster IPs
+from inside the namespace. The namespace is deleted in a finalizer even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from netk8s.api.resources import ResourceType, by_plural
+from netk8s.apiserver.registry import Registry
+from netk8s.apiserver.server import ApiServer, listen
+from netk8s.client.rest import ApiClient
+from netk8s.errors import KernelError
+from netk8s.kernel import netns
+from netk8s.kernel import nft as knft
+from netk8s.proxy import nftables as nft
+from netk8s.proxy.backend import ProxyState, changed_services
+from netk8s.proxy.model import Endpoint, Protocol, ProxyConfig, ServicePort
+from netk8s.proxy.nftables_trace import AnonSet, Match, NftRuleset, parse_ruleset, trace_nftables
+from netk8s.proxy.proxier import Proxier
+from netk8s.store.sqlite import SQLiteStore
+
+CONFIG = ProxyConfig("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.0.0/16"))
+POD_IPS = ("10.244.1.1", "10.244.1.2", "10.244.1.3")
+WEB = ServicePort("default", "web", "http", Protocol.TCP, IPv4Address("10.96.12.34"), 80)
+API = ServicePort("default", "api", "", Protocol.TCP, IPv4Address("10.96.12.35"), 443)
+EMPTY = ServicePort("default", "empty", "", Protocol.TCP, IPv4Address("10.96.7.7"), 8080)
+STICKY = ServicePort("default", "sticky", "", Protocol.TCP, IPv4Address("10.96.12.36"), 80,
+                     session_affinity_seconds=300)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    prefix: str
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    prefix = f"nk-t{secrets.token_hex(3)}"
+    name = f"{prefix}-node"
+    netns.create(name)
+    try:
+        # No dummy driver in this kernel: a veth pair with both ends inside the
+        # namespace (never in the root one) plays the pod-network interface.
+        dev, peer = f"{prefix}a", f"{prefix}b"
+        netns.run(name, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
+        for ip in POD_IPS:
+            netns.run(name, ["ip", "addr", "add", f"{ip}/24", "dev", dev])
+        for link in (dev, peer):
+            netns.run(name, ["ip", "link", "set", link, "up"])
+        netns.run(name, ["ip", "route", "add", "default", "dev", dev])
+        yield Node(name, prefix)
+    finally:
+        netns.delete(name)
+
+
+class Listeners:
+    """TCP servers on each pod IP inside the namespace; each answers with its own address."""
+
+    def __init__(self, ns: str, ips: tuple[str, ...], port: int) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        for ip in ips:
+            sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ip, port))
+            sock.listen(64)
+            sock.settimeout(0.1)
+            self._socks.append(sock)
+            thread = threading.Thread(target=self._serve, args=(sock, ip), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, sock: socket.socket, ip: str) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(ip.encode())
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(2)
+        for sock in self._socks:
+            sock.close()
+
+
+@pytest.fixture
+def listeners(node: Node) -> Iterator[Listeners]:
+    servers = Listeners(node.name, POD_IPS, 8080)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+def fetch(ns: str, ip: str, port: int, timeout: float = 2.0) -> str:
+    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        return sock.recv(64).decode()
+
+
+def connect_errno(ns: str, ip: str, port: int, timeout: float) -> tuple[int | None, float]:
+    """(errno, or None for a timeout; seconds taken) of one TCP connect from inside the namespace."""
+    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        start = time.monotonic()
+        try:
+            code: int | None = sock.connect_ex((ip, port))
+        except socket.timeout:
+            code = None
+        return code, time.monotonic() - start
+
+
+def endpoints(*ips: str, port: int = 8080) -> list[Endpoint]:
+    return [Endpoint(IPv4Address(ip), port, node_name="node-1", is_local=True) for ip in ips]
+
+
+def state(ports: list[ServicePort], eps: dict[str, list[Endpoint]]) -> ProxyState:
+    return ProxyState.of(ports, eps)
+
+
+def normalized(rs: NftRuleset) -> tuple[dict, dict]:
+    """Chains (hook, priority, parsed rules) and sets/maps (elements) in a spelling-neutral form."""
+    def expr(e: object) -> object:
+        if isinstance(e, Match) and isinstance(e.right, AnonSet):
+            return Match(e.fields, e.negate, AnonSet(tuple(sorted(e.right.items))))  # the kernel sorts them
+        return e
+
+    chains = {n: (c.hook, c.priority, c.policy, [tuple(expr(e) for e in r.exprs) for r in c.rules])
+              for n, c in rs.chains.items()}
+    sets = {n: (s.is_map, s.dynamic, dict(s.elements)) for n, s in rs.sets.items()}
+    return chains, sets
+
+
+def rule_handles(ns: str) -> dict[str, list[int]]:
+    """Rule handles per chain: a chain nobody rewrote keeps its handles."""
+    doc = json.loads(knft.list_json(ns))
+    out: dict[str, list[int]] = {}
+    for obj in doc["nftables"]:
+        if "rule" in obj:
+            out.setdefault(obj["rule"]["chain"], []).append(obj["rule"]["handle"])
+    return out
+
+
+# -- full syncs ------------------------------------------------------------------------------------------
+
+def test_full_sync_is_what_the_kernel_lists_and_balances(node: Node, listeners: Listeners) -> None:
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    result = rs.sync(state([WEB, EMPTY], {WEB.service_port_name: endpoints(*POD_IPS)}), True, frozenset())
+    assert result.full
+    kernel = parse_ruleset(knft.list_json(node.name))
+    assert normalized(kernel) == normalized(parse_ruleset(result.payload))
+    assert normalized(parse_ruleset(knft.list_text(node.name))) == normalized(kernel)
+    chains, _ = knft.objects(node.name)
+    assert nft.service_chain(WEB) in chains and all(nft.endpoint_chain(WEB, e) in chains for e in endpoints(*POD_IPS))
+
+    # A second full sync of the same state installs the same table.
+    again = rs.sync(state([WEB, EMPTY], {WEB.service_port_name: endpoints(*POD_IPS)}), True, frozenset())
+    assert again.objects_deleted == 0
+    assert normalized(parse_ruleset(knft.list_json(node.name))) == normalized(kernel)
+
+    # Real connections to the cluster IP are DNATed to every endpoint.
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(40)} == set(POD_IPS)
+
+
+def test_no_endpoints_and_invalid_ports_are_refused_fast(node: Node) -> None:
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    rs.sync(state([WEB, EMPTY], {WEB.service_port_name: endpoints(*POD_IPS)}), True, frozenset())
+    for ip, port in (("10.96.7.7", 8080), ("10.96.12.34", 81)):
+        code, took = connect_errno(node.name, ip, port, timeout=3.0)
+        assert code == errno.ECONNREFUSED and took < 1.0, (ip, port, code, took)
+    # Control: an address no rule covers is not refused; the SYN goes unanswered.
+    code, took = connect_errno(node.name, "10.96.99.99", 80, timeout=0.5)
+    assert code != errno.ECONNREFUSED and took >= 0.4, (code, took)
+
+
+def test_session_affinity_sticks_to_one_endpoint(node: Node, listeners: Listeners) -> None:
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    rs.sync(state([STICKY], {STICKY.service_port_name: endpoints(*POD_IPS)}), True, frozenset())
+    seen = [fetch(node.name, "10.96.12.36", 80) for _ in range(15)]
+    assert len(set(seen)) == 1, seen
+    kernel = parse_ruleset(knft.list_json(node.name))
+    stuck = [n for n in kernel.sets if nft.is_affinity_set(n) and kernel.sets[n].elements]
+    assert stuck == [nft.affinity_set(STICKY, endpoints(seen[0])[0])]
+    # Turning affinity off removes the sets; connections spread again.
+    plain = ServicePort(STICKY.namespace, STICKY.name, "", Protocol.TCP, STICKY.cluster_ip, 80)
+    s1 = state([STICKY], {STICKY.service_port_name: endpoints(*POD_IPS)})
+    s2 = state([plain], {STICKY.service_port_name: endpoints(*POD_IPS)})
+    result = rs.sync(s2, False, changed_services(s1, s2))
+    assert not result.full and len(result.payload.splitlines()) < 30
+    assert not [n for n in knft.objects(node.name)[1] if nft.is_affinity_set(n)]
+    assert {fetch(node.name, "10.96.12.36", 80) for _ in range(40)} == set(POD_IPS)
+
+
+# -- partial syncs ---------------------------------------------------------------------------------------
+
+def test_partial_sync_changes_only_what_it_should(node: Node, listeners: Listeners) -> None:
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    s1 = state([WEB, API], {WEB.service_port_name: endpoints(*POD_IPS), API.service_port_name: endpoints(POD_IPS[0])})
+    rs.sync(s1, True, frozenset())
+    before = rule_handles(node.name)
+
+    s2 = state([WEB, API], {WEB.service_port_name: endpoints(*POD_IPS[:2]),
+                            API.service_port_name: endpoints(POD_IPS[0])})
+    result = rs.sync(s2, False, changed_services(s1, s2))
+    assert not result.full and result.changed == frozenset({"default/web"})
+    assert all("/web/" in line for line in result.payload.splitlines())
+    assert result.objects_deleted == 1
+    after = rule_handles(node.name)
+    # Every chain but web's own kept its rules untouched (same handles).
+    for chain, handles in before.items():
+        if "/web/" not in chain:
+            assert after[chain] == handles, chain
+    assert after[nft.service_chain(WEB)] != before[nft.service_chain(WEB)]
+    gone = nft.endpoint_chain(WEB, endpoints(POD_IPS[2])[0])
+    assert gone not in knft.objects(node.name)[0]
+    assert normalized(parse_ruleset(knft.list_json(node.name))) == normalized(
+        parse_ruleset(nft.full_sync(nft.build(s2.service_ports, s2.endpoints, CONFIG), CONFIG).text))
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(40)} == set(POD_IPS[:2])
+
+    # A deleted service loses its chains and map elements; the other one is not mentioned.
+    s3 = state([WEB], {WEB.service_port_name: endpoints(*POD_IPS[:2])})
+    result = rs.sync(s3, False, changed_services(s2, s3))
+    assert "/web/" not in result.payload and result.objects_deleted == 2
+    assert not [c for c in knft.objects(node.name)[0] if "/api/" in c]
+    assert "10.96.12.35" not in knft.list_text(node.name)
+    assert rule_handles(node.name)[nft.service_chain(WEB)] == after[nft.service_chain(WEB)]
+
+
+def test_failed_transaction_forces_a_full_resync(node: Node, listeners: Listeners) -> None:
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    s1 = state([WEB], {WEB.service_port_name: endpoints(*POD_IPS)})
+    rs.sync(s1, True, frozenset())
+    # Someone removes the table behind kube-proxy's back: the next partial transaction fails whole.
+    netns.run(node.name, ["nft", "delete", "table", "ip", "kube-proxy"])
+    s2 = state([WEB], {WEB.service_port_name: endpoints(*POD_IPS[:1])})
+    with pytest.raises(KernelError) as info:
+        rs.sync(s2, False, changed_services(s1, s2))
+    message = str(info.value)
+    assert node.name in message and "at line 1 'add chain ip kube-proxy" in message and "\n" not in message
+    assert knft.list_text(node.name) == ""  # atomic: nothing of the failed transaction is left
+    result = rs.sync(s2, False, changed_services(s1, s2))  # asked for partial, runs full
+    assert result.full
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(10)} == {POD_IPS[0]}
+
+
+def test_other_tables_are_never_touched(node: Node) -> None:
+    other = f"{node.prefix}-other"
+    netns.run(node.name, ["nft", "-f", "-"], input=(
+        f"add table ip {other}\n"
+        f"add chain ip {other} services {{ type filter hook input priority 0 ; }}\n"
+        f"add rule ip {other} services tcp dport 9 counter accept\n"))
+    listing = netns.run(node.name, ["nft", "list", "table", "ip", other]).stdout
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    s1 = state([WEB], {WEB.service_port_name: endpoints(*POD_IPS)})
+    rs.sync(s1, True, frozenset())
+    s2 = state([API], {API.service_port_name: endpoints(POD_IPS[0])})
+    rs.sync(s2, False, changed_services(s1, s2))
+    knft.apply(node.name, nft.delete_table())
+    assert knft.list_text(node.name) == ""
+    assert netns.run(node.name, ["nft", "list", "table", "ip", other]).stdout == listing
+    with pytest.raises(KernelError, match="refusing to run nft"):
+        knft.apply(node.name, f"delete table ip {other}\n")
+    assert netns.run(node.name, ["nft", "list", "table", "ip", other]).stdout == listing
+
+
+def test_kernel_listing_traces_like_the_rendered_script(node: Node) -> None:
+    # The packet-flow table shared by both modes lives with the unit tests.
+    unit = str(Path(__file__).resolve().parents[1] / "unit")
+    if unit not in sys.path:
+        sys.path.insert(0, unit)
+    from test_proxy_nftables_trace import NFT_CASES, expected
+    from test_proxy_trace import LOCAL_ADDRESSES, small_cluster_state
+
+    cluster = small_cluster_state()
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    payload = rs.sync(cluster, True, frozenset()).payload
+    as_json, as_text = knft.list_json(node.name), knft.list_text(node.name)
+    assert normalized(parse_ruleset(as_json)) == normalized(parse_ruleset(payload))
+    assert normalized(parse_ruleset(as_text)) == normalized(parse_ruleset(payload))
+    for case in NFT_CASES:
+        for listing in (as_json, as_text):
+            got = trace_nftables(listing, case.packet, set(LOCAL_ADDRESSES))
+            assert (got.verdict, got.endpoints, got.masquerade) == expected(case), case.id
+    assert rs.trace(NFT_CASES[0].packet, set(LOCAL_ADDRESSES)).endpoints == expected(NFT_CASES[0])[1]
+
+
+# -- the proxier against a real API server -----------------------------------------------------------
+
+def resource(group: str, plural: str) -> ResourceType:
+    found = by_plural(group, plural)
+    assert found is not None, plural
+    return found
+
+
+SERVICES = resource("", "services")
+SLICES = resource("discovery.k8s.io", "endpointslices")
+
+
+@pytest.fixture
+def api() -> Iterator[ApiClient]:
+    server = ApiServer(Registry(SQLiteStore(":memory:")))
+    sock = listen()
+    server.start_in_thread(sock)
+    client = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        sock.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_proxier_drives_the_nftables_mode(api: ApiClient, node: Node, listeners: Listeners) -> None:
+    ruleset = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    proxier = Proxier(api, CONFIG, node.name, min_sync_interval=0.05, ruleset=ruleset)
+    proxier.start()
+    try:
+        assert proxier.wait_for_sync(10)
+        assert "chain services" in knft.list_text(node.name)
+        api.create(SERVICES, {"apiVersion": "v1", "kind": "Service",
+                              "metadata": {"name": "web", "namespace": "default"},
+                              "spec": {"clusterIP": "10.96.12.34", "selector": {"app": "web"},
+                                       "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        wait_until(lambda: '"default/web:http"' in knft.list_text(node.name), 10, "web's no-endpoint element")
+        assert connect_errno(node.name, "10.96.12.34", 80, timeout=3.0)[0] == errno.ECONNREFUSED
+        api.create(SLICES, {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                            "metadata": {"name": "web-abcde", "namespace": "default",
+                                         "labels": {"kubernetes.io/service-name": "web"}},
+                            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"}
+                                          for ip in POD_IPS]})
+        wait_until(lambda: nft.service_chain(WEB) in knft.objects(node.name)[0], 10, "web's service chain")
+        assert {fetch(node.name, "10.96.12.34", 80) for _ in range(40)} == set(POD_IPS)
+        assert ruleset.partial_syncs >= 1
+        api.delete(SERVICES, "web", "default")
+        wait_until(lambda: "/web/" not in " ".join(knft.objects(node.name)[0]), 10, "web's chains to go")
+        assert "10.96.12.34" not in knft.list_text(node.name)
+    finally:
+        proxier.stop()
+        proxier.join(5)
