@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--previous", action="store_true", help="the previous instance's log")
     p.add_argument("--tail", type=int, default=None, help="lines from the end of the log (-1: all)")
 
+    p = sub.add_parser("trace", parents=[common],
+                       help="follow a connection's first packet through a node's kube-proxy rules")
+    p.add_argument("destination", help="destination IP (a ClusterIP, node IP, load balancer or pod IP)")
+    p.add_argument("port", type=int)
+    p.add_argument("--from", dest="source", metavar="SOURCE",
+                   help="a pod name, node/NAME (sent by the node), host/NAME or an IP (default: the --node itself)")
+    p.add_argument("--node", help="the node whose rules apply (default: the source pod's node, or the "
+                                  "node owning the destination)")
+    p.add_argument("--proto", default="tcp", choices=("tcp", "udp", "sctp"))
+    p.add_argument("-n", "--namespace", default="default")
+
     p = sub.add_parser("exec", parents=[common], help="run a command in a pod: netk8s exec POD -- CMD...")
     p.add_argument("pod")
     p.add_argument("-n", "--namespace", default="default")
@@ -306,6 +317,25 @@ def cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     return _exec_in(prefix, command, env)
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from netk8s.proxy.trace import describe
+
+    cluster = _cluster(args)
+    node, result = cluster.trace(args.destination, args.port, args.proto, args.source, args.node, args.namespace)
+    pods = {p["status"].get("podIP"): f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+            for p in cluster.list("pods") if (p.get("status") or {}).get("podIP")}
+    mode = cluster.topology.proxy_mode.value
+    print(f"{args.proto.upper()} {args.source or f'node/{node}'} -> {args.destination}:{args.port} "
+          f"through node {node}'s {mode} rules")
+    text = describe(result)
+    for endpoint in result.endpoints:
+        ip = endpoint.split(":", 1)[0]
+        if ip in pods:
+            text = text.replace(endpoint, f"{endpoint} ({pods[ip]})", 1)
+    print(text)
+    return 0
+
+
 def cmd_node_power(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     cluster.set_node_stopped(args.target, args.action == "stop")
@@ -321,7 +351,7 @@ def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
 
 COMMANDS = {
     "up": cmd_up, "down": cmd_down, "clusters": cmd_clusters, "kubeconfig": cmd_kubeconfig,
-    "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "logs": cmd_logs,
+    "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "logs": cmd_logs, "trace": cmd_trace,
 }
 
 

@@ -14,6 +14,8 @@ cluster's own namespaces (exec); nothing touches the root namespace's network.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
+from netk8s.api.network import Protocol
 from netk8s.api.resources import NODES, PODS, resolve
 from netk8s.client.apply import apply
 from netk8s.client.rest import ApiClient
@@ -31,7 +34,9 @@ from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
 from netk8s.kubelet.podfiles import pod_identity
 from netk8s.kubelet.runtime import DEFAULT_PATH
 from netk8s.kubelet.sandbox import pod_enter_argv
-from netk8s.topology import Topology, default_topology, load_dict, load_file
+from netk8s.proxy.nftables_trace import trace_nftables
+from netk8s.proxy.trace import Packet, TraceResult, trace_iptables
+from netk8s.topology import ProxyMode, Topology, default_topology, load_dict, load_file
 
 T = TypeVar("T")
 
@@ -190,6 +195,70 @@ class Cluster:
     def node(self, name: str) -> Machine:
         self.topology.node(name)  # raises NotFoundError naming the known nodes
         return Machine(name, node_netns(self.name, name))
+
+    # -- kube-proxy ------------------------------------------------------------------------
+
+    def trace(self, destination: str, port: int, protocol: str = "TCP", source: str | None = None,
+              node: str | None = None, namespace: str = "default") -> tuple[str, TraceResult]:
+        """Follow the first packet of a connection through a node's live kube-proxy rules.
+
+        ``source``: a pod name (in ``namespace``), ``node/<name>`` (sent by the node itself),
+        ``host/<name>`` or an IP address. The node whose rules apply is the source pod's or
+        node's; for other sources it is ``node``, or the node owning ``destination``.
+        Returns (node name, result).
+        """
+        try:
+            dst = ipaddress.IPv4Address(destination)
+            proto = Protocol(protocol.upper())
+        except ValueError:
+            raise UserError(f"trace: {destination!r} is not an IPv4 address or {protocol!r} not TCP, UDP or "
+                            "SCTP") from None
+        if not 1 <= port <= 65535:
+            raise UserError(f"trace: port {port} is not between 1 and 65535")
+        from_node = False
+        src_node = None
+        if source is None:
+            if node is None:
+                raise UserError("trace: give --from SOURCE (a pod, node/NAME, host/NAME or an IP) or --node NODE")
+            src, src_node, from_node = self.topology.primary_address(node), node, True
+        elif source.startswith("node/"):
+            src_node = source.split("/", 1)[1]
+            self.topology.node(src_node)
+            src, from_node = self.topology.primary_address(src_node), True
+        elif source.startswith("host/"):
+            host = self.host(source.split("/", 1)[1]).name
+            src = self.topology.primary_address(host)
+        else:
+            try:
+                src = ipaddress.IPv4Address(source)
+            except ValueError:
+                pod = self.get("pod", source, namespace)
+                if not (pod.get("status") or {}).get("podIP"):
+                    raise UserError(f'trace: pod "{source}" has no IP yet') from None
+                src = ipaddress.IPv4Address(pod["status"]["podIP"])
+                src_node = (pod.get("spec") or {}).get("nodeName")
+        node_name = node or src_node or self._node_owning(dst)
+        if node_name is None:
+            raise UserError(f"trace: say on which node the packet arrives (--node NODE); {dst} is no node's address")
+        machine = self.node(node_name)
+        local = self._local_addresses(machine)
+        packet = Packet(src, proto, dst, port, from_node=from_node)
+        if self.topology.proxy_mode is ProxyMode.NFTABLES:
+            rules = machine.exec(["nft", "-j", "list", "table", "ip", "kube-proxy"], check=True).stdout
+            return node_name, trace_nftables(rules, packet, local)
+        return node_name, trace_iptables(machine.exec(["iptables-save"], check=True).stdout, packet, local)
+
+    def _node_owning(self, address: ipaddress.IPv4Address) -> str | None:
+        for spec in self.topology.nodes:
+            if any(e.address is not None and e.address.ip == address for e in self.topology.interfaces_of(spec.name)):
+                return spec.name
+        return None
+
+    @staticmethod
+    def _local_addresses(machine: Machine) -> set[ipaddress.IPv4Address]:
+        out = json.loads(machine.exec(["ip", "-j", "-4", "addr", "show"], check=True).stdout or "[]")
+        return {ipaddress.IPv4Address(a["local"]) for link in out for a in link.get("addr_info") or []
+                if a.get("local")}
 
     def set_node_stopped(self, name: str, stopped: bool) -> None:
         """Stop (or restart) a node's kubelet reporting, as if it died: its Lease and status go
