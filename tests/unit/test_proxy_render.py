@@ -605,3 +605,20 @@ def test_build_service_ports_reads_every_proxy_field() -> None:
     svc["spec"]["type"] = "NodePort"
     (np,) = build_service_ports([svc])
     assert np.load_balancer_ips == () and np.load_balancer_source_ranges == ()
+
+
+def test_services_for_another_proxy_or_headless_get_no_rules() -> None:
+    from netk8s.proxy.model import build_service_ports
+
+    def svc(name: str, labels: dict, **spec: object) -> dict:
+        return {"metadata": {"name": name, "namespace": "ns", "labels": labels},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80}], **spec}}
+
+    ports = build_service_ports([
+        svc("mine", {}),
+        svc("theirs", {"service.kubernetes.io/service-proxy-name": "other-proxy"}),
+        svc("headless-label", {"service.kubernetes.io/headless": ""}),
+        svc("headless", {}, clusterIP="None"),
+        svc("external-name", {}, type="ExternalName", externalName="example.com"),
+    ])
+    assert [p.name for p in ports] == ["mine"]
