@@ -25,7 +25,7 @@ __all__ = ["save", "restore", "chains_in", "NetnsIptables"]
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT = 30.0
+_TIMEOUT = 600.0  # iptables-nft restores grow quadratically: 10,000 services take ~40 s
 # iptables-nft: "Error occurred at line: 5"; iptables-legacy and nft parse errors: "line 7 failed".
 _LINE_RE = re.compile(r"(?:at line:?\s*(\d+))|(?:line (\d+) failed)")
 
