@@ -1,8 +1,12 @@
-"""kube-proxy for netk8s: turns Services and EndpointSlices into a node's NAT rules.
+"""kube-proxy for netk8s: turns Services and EndpointSlices into a node's packet rules.
 
-The package mirrors kube-proxy's iptables mode. ``hashing`` names chains the way
-kube-proxy does, ``model`` turns API objects into frozen values, ``iptables``
-renders those values into one ``iptables-restore`` payload (pure, no kernel),
-and ``proxier`` is the per-node agent that watches the API and applies the
-payload inside the node's network namespace through ``netk8s.kernel.iptables``.
+``model`` turns API objects into frozen values (service ports, endpoints and their
+categories); ``hashing`` names chains as kube-proxy does; ``iptables`` and
+``nftables`` render those values the way kube-proxy's two modes do (pure, no
+kernel); ``backend`` is the contract between the renderers and ``proxier``, the
+per-node agent that watches the API and applies full and partial syncs inside the
+node's namespace (``netk8s.kernel.iptables`` / ``netk8s.kernel.nft``). ``trace``
+and ``nftables_trace`` follow a packet through rendered or live rules;
+``health`` serves kube-proxy's health and mode endpoints and the health check
+node ports; ``conntrack`` plans the clean-up of stale UDP flows.
 """
