@@ -19,19 +19,32 @@ uses per-endpoint dynamic ``affinity-...`` sets with timeouts. Services without
 
 ``build`` computes the desired per-service state (chains, affinity sets, map
 and set elements, grouped by service) as a plain value; ``full_sync`` renders
-the transaction that (re)declares every fixed object, flushes the maps and
-rewrites every chain (kube-proxy's setupNFTables + a full syncProxyRules);
-``partial_sync`` rewrites only the chains of the services that changed and
-adds or deletes only the elements that differ. Stale per-service chains are
-flushed in the sync's transaction and deleted by a second one right after it
+the transaction(s) that (re)declare every fixed object, flush the maps and
+rewrite every chain (kube-proxy's setupNFTables + a full syncProxyRules);
+``partial_sync`` rewrites only the changed chains of the services that
+changed and adds or deletes only the elements that differ. Stale per-service
+chains are unlinked in the sync's transaction and deleted by a later one
 (``delete_chains``): kernels before 6.2 notice a moment late that a chain is
 no longer referenced by a deleted map element, so deleting it in the same
 transaction could fail the whole sync; kube-proxy defers the delete the same way.
+A stale chain that binds an anonymous set (a service chain's ``vmap``) is
+flushed at once, releasing what it references; a leaf chain (an endpoint's
+``dnat``) is left as it is, unreachable, and flushed with its delete: at
+10,000 services each ``flush chain`` adds ~6 ms to an endpoint change.
+
+Transaction shape follows what nft 1.0.6 and the kernel charge for (measured
+in bench/bench_proxy.py, see ``netk8s.kernel.nft``): a partial sync writes
+rules as ``add chain X { ... }`` blocks and new elements as ``add map M {
+... elements = { ... } }`` blocks, so that nft does not fetch the whole table
+first (``needs_full_cache``); a full sync binds each anonymous set while the
+transaction is still short and, when big, goes in chunks of services. The
+scripts' meaning is unchanged: ``expand_script`` writes block forms as one
+command per line, the form the tracer and the tests read.
 
 ``NftablesRuleSet`` is the sync driver the proxier calls (the ``RuleSet``
 contract in ``netk8s.proxy.backend``): it remembers the last applied state,
 runs partial syncs from it, falls back to a full sync after a failed
-transaction and retries stale-chain deletes. Its kernel side is injected
+transaction and batches stale-chain deletes. Its kernel side is injected
 (``NftBackend``; ``netk8s.kernel.nft.NetnsNft`` for a node namespace), so
 everything here runs without root.
 
@@ -46,7 +59,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping, Protocol, Sequence
@@ -317,12 +330,26 @@ class ServiceObjects:
     ports: int = 1
 
 
+ClaimKey = tuple[str, tuple[str, ...]]  # (container name, element key)
+
+
+def service_order(key: ServiceKey) -> tuple[str, ...]:
+    """Services are laid out by (namespace, name), the order of their sorted ports."""
+    return tuple(key.split("/", 1))
+
+
 @dataclass(frozen=True)
 class DesiredState:
-    """The per-service part of the table, keyed by service (``namespace/name``, the unit of partial syncs)."""
+    """The per-service part of the table, keyed by service (``namespace/name``, the unit of partial syncs).
+
+    ``services`` iterate in ``service_order``.
+    """
 
     services: Mapping[ServiceKey, ServiceObjects]
     nodeport_ips: tuple[IPv4Address, ...] = ()
+    # (container, key) -> the services whose elements claim it, in service order; computed on first use
+    # (O(services)), or carried over by the sync driver from the previous state (O(change)).
+    claims_index: dict[ClaimKey, tuple[ServiceKey, ...]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def service_ports(self) -> int:
@@ -341,6 +368,29 @@ class DesiredState:
             for container, element in objs.elements:
                 out[container].setdefault(element.key, element)
         return out
+
+    def claims(self) -> dict[ClaimKey, tuple[ServiceKey, ...]]:
+        """Which services claim each element key, in service order (the first one's element is installed)."""
+        if self.claims_index is None:
+            index: dict[ClaimKey, list[ServiceKey]] = {}
+            for key, objs in self.services.items():
+                for container, element in objs.elements:
+                    holders = index.setdefault((container, element.key), [])
+                    if not holders or holders[-1] != key:
+                        holders.append(key)
+            object.__setattr__(self, "claims_index", {k: tuple(v) for k, v in index.items()})
+        assert self.claims_index is not None
+        return self.claims_index
+
+    def installed(self, container: str, key: tuple[str, ...]) -> Element | None:
+        """The element installed for ``key`` in ``container`` (see ``elements``), found without a full scan."""
+        holders = self.claims().get((container, key))
+        if not holders:
+            return None
+        for name, element in self.services[holders[0]].elements:
+            if name == container and element.key == key:
+                return element
+        return None
 
 
 @dataclass(frozen=True)
@@ -551,6 +601,10 @@ def _add_element(container: str, element: Element) -> str:
     return f"add element {_T} {container} {{ {element.text()} }}"
 
 
+def _add_elements(container: str, elements: Sequence[Element]) -> str:
+    return f"add element {_T} {container} {{ {' , '.join(e.text() for e in elements)} }}"
+
+
 def _delete_element(container: str, element: Element) -> str:
     return f"delete element {_T} {container} {{ {element.key_text} }}"
 
@@ -561,22 +615,128 @@ def _affinity_set_line(name: str, timeout: int) -> str:
     return f"add set {_T} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}"
 
 
+def _chain_block(name: str, rules: Sequence[str]) -> str:
+    """``add chain T NAME { rule ; rule ; }``: nft 1.0.6 evaluates this with its table cache only."""
+    return f"add chain {_T} {name} {{ {' ; '.join(rules)} ; }}"
+
+
+def _elements_block(container: Container, elements: Sequence[Element]) -> str:
+    """``add set|map T NAME { type ... ; comment ... ; elements = { ... } ; }`` (table cache only, see below)."""
+    return (f'add {container.kind.value} {_T} {container.name} {{ type {container.type} ; '
+            f'comment "{container.comment}" ; elements = {{ {" , ".join(e.text() for e in elements)} }} ; }}')
+
+
+# nft 1.0.6 fetches every chain and set of the table (O(table): ~150-300 ms at 10,000
+# services) before a script with any of these; "add chain/set/map" (also in block form
+# with rules or elements) and "flush chain" need only the table list.
+_FULL_CACHE_COMMANDS = ("delete ", "add rule ", "insert rule ", "replace rule ", "add element ", "flush set ",
+                        "flush map ")
+
+
+def needs_full_cache(script: str) -> bool:
+    """True if nft 1.0.6 must fetch the whole table before running ``script`` (see ``_FULL_CACHE_COMMANDS``)."""
+    return any(line.startswith(_FULL_CACHE_COMMANDS) for line in script.splitlines())
+
+
 @dataclass(frozen=True)
 class Transaction:
-    """One ``nft -f`` payload and what it does."""
+    """One sync's ``nft -f`` payload and what it does.
+
+    ``chunks`` are applied in order, one ``nft -f`` transaction each (one
+    chunk unless a big full sync was split, see ``full_sync``); ``text`` is
+    all of them. ``lines`` are the commands with block forms expanded into
+    their one-line equivalents (``expand_script``).
+    """
 
     text: str
     full: bool
     written_chains: tuple[str, ...]  # per-service chains (re)written
-    stale_chains: tuple[str, ...]  # per-service chains flushed now, to delete right after
+    stale_chains: tuple[str, ...]  # per-service chains unlinked now, to delete in a later transaction
     deleted_sets: tuple[str, ...]  # stale affinity sets deleted
     written_sets: tuple[str, ...] = ()  # affinity sets declared
     added_elements: int = 0
     deleted_elements: int = 0
+    deleted_chains: tuple[str, ...] = ()  # chains flushed by an earlier transaction, deleted in this one
+    chunks: tuple[str, ...] = ()
 
     @property
     def lines(self) -> list[str]:
-        return self.text.splitlines()
+        return expand_script(self.text).splitlines()
+
+    @property
+    def scripts(self) -> tuple[str, ...]:
+        """The ``nft -f`` transactions to run, in order."""
+        return self.chunks if self.chunks else ((self.text,) if self.text else ())
+
+
+def with_chain_deletes(tx: Transaction, chains: Iterable[str]) -> Transaction:
+    """``tx`` also deleting ``chains`` (unreferenced since an earlier transaction), in its last chunk."""
+    todo = tuple(sorted(chains))
+    if not todo:
+        return tx
+    extra = delete_chains(todo)
+    scripts = list(tx.scripts) or [""]
+    scripts[-1] += extra
+    return replace(tx, text=tx.text + extra, deleted_chains=tx.deleted_chains + todo, chunks=tuple(scripts))
+
+
+def _split_top(body: str, separator: str) -> list[str]:
+    """``body`` split at ``separator`` outside braces and double quotes, items stripped, empty ones dropped."""
+    items: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    for i, ch in enumerate(body):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "{":
+            depth += 1
+        elif not quoted and ch == "}":
+            depth -= 1
+        elif not quoted and depth == 0 and ch == separator:
+            items.append(body[start:i].strip())
+            start = i + 1
+    items.append(body[start:].strip())
+    return [item for item in items if item]
+
+
+_CHAIN_SPEC_WORDS = ("type ", "policy ", "comment ", "devices ", "flags ")
+
+
+def expand_script(script: str) -> str:
+    """``script`` with block forms written as one command per line (same effect, for readers and tracers).
+
+    ``add chain T X { rule ; rule ; }`` becomes ``add chain T X`` and one
+    ``add rule`` per rule (chain properties stay in the braces);
+    ``add set|map T X { ... ; elements = { a , b } ; }`` becomes the
+    declaration and one ``add element``. Other lines pass through.
+    """
+    out: list[str] = []
+    for line in script.splitlines():
+        words = line.split(None, 4)
+        if (len(words) < 5 or words[0] != "add" or words[1] not in ("chain", "set", "map")
+                or not line.rstrip().endswith("}")):
+            out.append(line)
+            continue
+        head_words, rest = words[:4], words[4]
+        name, _, body = rest.partition(" ")
+        body = body.strip()
+        if not body.startswith("{"):
+            out.append(line)
+            continue
+        items = _split_top(body[1:-1], ";")
+        prefix = " ".join(head_words)
+        if words[1] == "chain":
+            specs = [item for item in items if item.startswith(_CHAIN_SPEC_WORDS)]
+            rules = [item for item in items if not item.startswith(_CHAIN_SPEC_WORDS)]
+            out.append(f"{prefix} {name}" + (f" {{ {' ; '.join(specs)} ; }}" if specs else ""))
+            out += [f"add rule {head_words[2]} {head_words[3]} {name} {rule}" for rule in rules]
+        else:
+            specs = [item for item in items if not item.startswith("elements")]
+            elements = [item.split("=", 1)[1].strip() for item in items if item.startswith("elements")]
+            out.append(f"{prefix} {name}" + (f" {{ {' ; '.join(specs)} ; }}" if specs else ""))
+            out += [f"add element {head_words[2]} {head_words[3]} {name} {block}" for block in elements]
+    return "\n".join(out) + ("\n" if script.endswith("\n") else "")
 
 
 def setup_lines(config: ProxyConfig, options: NftablesOptions, nodeport_addresses: Sequence[IPv4Address],
@@ -644,94 +804,166 @@ def setup_lines(config: ProxyConfig, options: NftablesOptions, nodeport_addresse
     return out
 
 
-def _service_lines(objs: ServiceObjects) -> list[str]:
-    """Declare (add + flush) one service's chains and sets, then fill them: chains exist before any rule jumps."""
-    lines = [_affinity_set_line(name, timeout) for name, timeout in objs.affinity_sets.items()]
-    for name in objs.chains:
-        lines += _add_chain(name)
-    for name, rules in objs.chains.items():
-        lines += [_rule(name, r) for r in rules]
-    return lines
+def _service_lines(services: Iterable[ServiceObjects]) -> list[str]:
+    """Declare (add + flush) and fill the services' chains and sets, chains before any rule jumps to them.
+
+    The rules with an anonymous set (``numgen ... vmap { ... }``, ``ip saddr
+    != { ... }``) go in right after their service's chains are declared; the
+    other chains' rules after every service. The kernel walks the whole
+    transaction once per anonymous set it binds (and once more to look it
+    up by id), so binding them while the transaction is short is cheaper; the
+    ruleset is the same.
+    """
+    early: list[str] = []
+    late: list[str] = []
+    for objs in services:
+        early += [_affinity_set_line(name, timeout) for name, timeout in objs.affinity_sets.items()]
+        for name in objs.chains:
+            early += _add_chain(name)
+        for name, rules in objs.chains.items():
+            (early if any("{" in r for r in rules) else late).extend(_rule(name, r) for r in rules)
+    return early + late
+
+
+def _element_lines(desired: DesiredState, batch: int = 1000) -> tuple[list[str], int]:
+    """``add element`` commands for every installed element, grouped per container (fewer kernel messages)."""
+    lines: list[str] = []
+    count = 0
+    for name, elements in desired.elements().items():
+        items = list(elements.values())
+        count += len(items)
+        lines += [_add_elements(name, items[i:i + batch]) for i in range(0, len(items), batch)]
+    return lines, count
+
+
+def _mark_for_masquerade_lines(config: ProxyConfig) -> list[str]:
+    return [*_add_chain(MARK_FOR_MASQUERADE), _rule(MARK_FOR_MASQUERADE, f"mark set mark or {mark_text(config)}")]
+
+
+DEFAULT_CHUNK_SERVICES = 1000  # services per transaction of a big full sync (see full_sync)
 
 
 def full_sync(desired: DesiredState, config: ProxyConfig, options: NftablesOptions = NftablesOptions(),
               existing_chains: Iterable[str] = (), existing_sets: Iterable[str] = (),
-              recreate_base_chains: bool = False) -> Transaction:
-    """The transaction that makes the whole table match ``desired``.
+              recreate_base_chains: bool = False, chunk_services: int | None = None) -> Transaction:
+    """The transaction(s) that make the whole table match ``desired``.
 
     ``existing_chains`` / ``existing_sets`` (the names in the table now) let
     stale per-service chains be flushed and stale affinity sets deleted.
+
+    With more than ``chunk_services`` services the service chains go first,
+    ``chunk_services`` services per transaction (the first also declares
+    ``mark-for-masquerade``, which they jump to), and one last transaction
+    re-declares the fixed objects, refills the maps and flushes stale
+    chains. Until that last commit nothing new is reachable and every
+    rewritten service's chains change in one commit, so each commit leaves a
+    consistent table. Why: the kernel's cost per anonymous set (a name
+    search over every set of the table, walks over the whole transaction)
+    makes one transaction of 10,000 services take ~35 s where chunks of
+    1,000 take ~12 s (see bench/bench_proxy.py).
     """
-    lines = setup_lines(config, options, desired.nodeport_ips, recreate_base_chains)
-    added = 0
-    for objs in desired.services.values():
-        lines += _service_lines(objs)
-        for container, element in objs.elements:
-            lines.append(_add_element(container, element))
-        added += len(objs.elements)
+    services = list(desired.services.values())
+    elements, added = _element_lines(desired)
     chains, sets = desired.chains(), desired.affinity_sets()
     stale = sorted(c for c in set(existing_chains) if is_service_chain(c) and c not in chains)
-    lines += [f"flush chain {_T} {c}" for c in stale]
     stale_sets = sorted(s for s in set(existing_sets) if is_affinity_set(s) and s not in sets)
-    lines += [f"delete set {_T} {s}" for s in stale_sets]
-    return Transaction("\n".join(lines) + "\n", True, tuple(chains), tuple(stale), tuple(stale_sets),
-                       tuple(sets), added, 0)
+    setup = setup_lines(config, options, desired.nodeport_ips, recreate_base_chains)
+    cleanup = [f"flush chain {_T} {c}" for c in stale] + [f"delete set {_T} {s}" for s in stale_sets]
+    chunks: list[str] = []
+    if chunk_services is not None and 0 < chunk_services < len(services):
+        for start in range(0, len(services), chunk_services):
+            lines = [f'add table {_T} {{ comment "{TABLE_COMMENT}" ; }}']
+            if start == 0:
+                lines += _mark_for_masquerade_lines(config)
+            lines += _service_lines(services[start:start + chunk_services])
+            chunks.append("\n".join(lines) + "\n")
+        chunks.append("\n".join(setup + elements + cleanup) + "\n")
+    else:
+        chunks.append("\n".join(setup + _service_lines(services) + elements + cleanup) + "\n")
+    return Transaction("".join(chunks), True, tuple(chains), tuple(stale), tuple(stale_sets), tuple(sets), added, 0,
+                       chunks=tuple(chunks))
 
 
 def partial_sync(previous: DesiredState, desired: DesiredState, changed: Iterable[ServiceKey]) -> Transaction:
-    """Only what differs from ``previous`` (the state last applied successfully).
+    """Only what differs from ``previous`` (the state last applied successfully) for the ``changed`` services.
 
-    The chains and affinity sets of ``changed`` services are rewritten (any
-    other chain whose rules differ too, which only happens when ``changed``
-    misses a service); map and set elements are added and deleted one by one.
+    Cost and size follow the change: only the ``changed`` services are
+    compared (the others must be identical in both states, as the sync
+    driver guarantees); of their objects, only chains whose rules changed
+    are rewritten, and map and set elements are added and deleted one by one.
+    The script avoids what makes nft 1.0.6 fetch the whole table first
+    (``needs_full_cache``): rules go in ``add chain X { ... }`` blocks and new
+    elements in ``add map M { ... elements = { ... } }`` blocks; only
+    deleting an element or an affinity set still needs it.
     """
-    old_chains, new_chains = previous.chains(), desired.chains()
-    touched = [key for key in sorted(set(changed)) if key in desired.services]
+    touched = sorted(set(changed), key=service_order)
     rewrite: dict[str, tuple[str, ...]] = {}
     sets: dict[str, int] = {}
+    stale: list[str] = []
+    previous_rules: dict[str, tuple[str, ...]] = {}  # the stale chains' rules
+    stale_sets: list[str] = []
+    claimed: dict[ClaimKey, None] = {}  # element keys of the touched services, in order
     for key in touched:
-        rewrite.update(desired.services[key].chains)
-        sets.update(desired.services[key].affinity_sets)
-    for name, rules in new_chains.items():
-        if name not in rewrite and old_chains.get(name) != rules:
-            rewrite[name] = rules
-    old_sets, new_sets = previous.affinity_sets(), desired.affinity_sets()
-    for name, timeout in new_sets.items():
-        if old_sets.get(name) != timeout:
-            sets[name] = timeout
+        old, new = previous.services.get(key), desired.services.get(key)
+        old_chains = old.chains if old is not None else {}
+        new_chains = new.chains if new is not None else {}
+        for name, rules in new_chains.items():
+            if old_chains.get(name) != rules:
+                rewrite[name] = rules
+        stale += [name for name in old_chains if name not in new_chains]
+        previous_rules.update((name, rules) for name, rules in old_chains.items() if name not in new_chains)
+        old_sets = old.affinity_sets if old is not None else {}
+        new_sets = new.affinity_sets if new is not None else {}
+        sets.update((name, t) for name, t in new_sets.items() if old_sets.get(name) != t)
+        stale_sets += [name for name in old_sets if name not in new_sets]
+        for objs in (old, new):
+            for container, element in (objs.elements if objs is not None else ()):
+                claimed[(container, element.key)] = None
+    deletes: list[str] = []
+    adds: dict[str, list[Element]] = {}
+    for container in SYNCED_CONTAINERS:
+        for name, key in claimed:
+            if name != container.name:
+                continue
+            before, after = previous.installed(name, key), desired.installed(name, key)
+            if before == after:
+                continue
+            if before is not None:
+                # A changed value cannot be added over the old one ("File exists"): delete, then add.
+                deletes.append(_delete_element(name, before))
+            if after is not None:
+                adds.setdefault(name, []).append(after)
     lines = [_affinity_set_line(name, timeout) for name, timeout in sets.items()]
     for name in rewrite:
         lines += _add_chain(name)
-    for name, rules in rewrite.items():
-        lines += [_rule(name, r) for r in rules]
+    lines += [_chain_block(name, rules) for name, rules in rewrite.items() if rules]
     if previous.nodeport_ips != desired.nodeport_ips:
         lines.append(f"flush set {_T} {NODEPORT_IPS}")
-        lines += [f"add element {_T} {NODEPORT_IPS} {{ {ip} }}" for ip in desired.nodeport_ips]
-    old_elements, new_elements = previous.elements(), desired.elements()
-    deletes: list[str] = []
-    adds: list[str] = []
-    for container in SYNCED_CONTAINERS:
-        before, after = old_elements[container.name], new_elements[container.name]
-        for key, element in before.items():
-            if after.get(key) != element:
-                # A changed value cannot be added over the old one ("File exists"): delete, then add.
-                deletes.append(_delete_element(container.name, element))
-        for key, element in after.items():
-            if before.get(key) != element:
-                adds.append(_add_element(container.name, element))
-    lines += deletes + adds
-    stale = sorted(set(old_chains) - set(new_chains))
-    lines += [f"flush chain {_T} {c}" for c in stale]
-    stale_sets = sorted(set(old_sets) - set(new_sets))
-    lines += [f"delete set {_T} {s}" for s in stale_sets]
+        if desired.nodeport_ips:
+            lines.append(_elements_block(NODEPORT_IPS_SET, [Element((str(ip),)) for ip in desired.nodeport_ips]))
+    lines += deletes
+    lines += [_elements_block(c, adds[c.name]) for c in SYNCED_CONTAINERS if c.name in adds]
+    lines += [f"flush chain {_T} {c}" for c in sorted(stale) if _binds_anonymous_set(previous_rules[c])]
+    lines += [f"delete set {_T} {s}" for s in sorted(stale_sets)]
     text = "\n".join(lines) + "\n" if lines else ""
-    return Transaction(text, False, tuple(rewrite), tuple(stale), tuple(stale_sets), tuple(sets), len(adds),
-                       len(deletes))
+    return Transaction(text, False, tuple(rewrite), tuple(sorted(stale)), tuple(sorted(stale_sets)), tuple(sets),
+                       sum(len(v) for v in adds.values()), len(deletes), chunks=(text,) if text else ())
+
+
+def _binds_anonymous_set(rules: Sequence[str]) -> bool:
+    """True if a rule of the chain has an anonymous set or map (``{ ... }``): flushing it must not wait."""
+    return any("{" in rule for rule in rules)
 
 
 def delete_chains(chains: Iterable[str]) -> str:
-    """The follow-up transaction that deletes stale chains (already flushed and unreferenced)."""
-    return "".join(f"delete chain {_T} {c}\n" for c in chains)
+    """The follow-up transaction that deletes stale chains (unreferenced; flushed here first if not yet).
+
+    All flushes come before the deletes: a stale chain may still jump to
+    another one (both unreachable), and a plain jump's reference is dropped
+    at once when its rule goes, even on old kernels.
+    """
+    todo = list(chains)
+    return "".join([f"flush chain {_T} {c}\n" for c in todo] + [f"delete chain {_T} {c}\n" for c in todo])
 
 
 def delete_table() -> str:
@@ -761,18 +993,32 @@ class NftBackend(Protocol):
         ...
 
 
+STALE_BATCH_FRACTION = 0.01  # delete flushed stale chains once they are this share of the table's chains
+
+
 class NftablesRuleSet:
     """kube-proxy's nftables mode for one node: the ``RuleSet`` the proxier drives (see ``backend``).
 
     A full sync re-declares the table's fixed objects, flushes every map and
-    rewrites every chain in one transaction; a partial sync rewrites the
-    chains of the changed services and adds/deletes only the map elements
-    that differ. Stale per-service chains are flushed in the sync's
-    transaction and deleted by a second one right after it; when that fails
-    (kernels before 6.2 may still see them referenced) they are retried at
-    the next sync. After a failed transaction (nft applies all of it or none)
-    the remembered state is dropped: the next sync is a full one that reads
-    the kernel, whatever the proxier asks for.
+    rewrites every chain (in chunks when big, see ``full_sync``); a partial
+    sync rewrites the changed chains of the changed services and
+    adds/deletes only the map elements that differ (``partial_sync``).
+
+    Stale per-service chains are unlinked in the sync's transaction (see
+    the module docstring) and deleted by a later one (kube-proxy defers the
+    delete the same way: kernels before 6.2 notice a moment late that a
+    flushed chain is no longer referenced). Deleting costs a full cache fetch in nft 1.0.6
+    (O(table)), so flushed chains are batched: they are deleted right after
+    a full sync, along with any transaction that needs that fetch anyway,
+    or in their own transaction once ``STALE_BATCH_FRACTION`` of the table's
+    chains (at least one) are waiting. Small tables thus delete at once;
+    at 10,000 services an endpoint change stays one cheap transaction. A
+    waiting chain is unreachable and unreferenced; one that is wanted again is
+    simply rewritten. When a delete fails it is retried later.
+
+    After a failed transaction (nft applies all of it or none) the
+    remembered state is dropped: the next sync is a full one that reads the
+    kernel, whatever the proxier asks for.
 
     Construct with ``NftablesRuleSet(NetnsNft(netns_name), config)``, the same
     shape as the iptables mode's ``IptablesRuleSet(backend, config)``.
@@ -780,33 +1026,46 @@ class NftablesRuleSet:
 
     mode = ProxyMode.NFTABLES
 
-    def __init__(self, backend: NftBackend, config: ProxyConfig, options: NftablesOptions = NftablesOptions()) -> None:
+    def __init__(self, backend: NftBackend, config: ProxyConfig, options: NftablesOptions = NftablesOptions(),
+                 chunk_services: int | None = DEFAULT_CHUNK_SERVICES) -> None:
         self.backend = backend
         self.config = config
         self.options = options
+        self.chunk_services = chunk_services
         self.applied: DesiredState | None = None  # what the last successful transaction installed
-        self.pending_stale: set[str] = set()  # flushed chains whose delete failed; retried each sync
+        self.pending_stale: set[str] = set()  # unreachable, unreferenced chains waiting to be deleted
         self.full_syncs = 0
         self.partial_syncs = 0
         self.failed_syncs = 0
         self.last_transaction: Transaction | None = None
         self._base_chains_recreated = False
+        self._chain_count = 0  # per-service chains in the table (kept up to date without a scan)
+
+    def _stale_batch(self) -> int:
+        return max(1, int((self._chain_count + len(self.pending_stale)) * STALE_BATCH_FRACTION))
 
     def sync(self, state: ProxyState, full: bool, changed: frozenset[ServiceKey]) -> SyncResult:
         previous = self.applied
         full = full or previous is None
         if full:
             desired = build(state.service_ports, state.endpoints, self.config, self.options)
+            desired.claims()  # O(services) once here, so that partial syncs stay O(change)
             chains, sets = self.backend.objects()
             tx = full_sync(desired, self.config, self.options, chains, sets,
-                           recreate_base_chains=not self._base_chains_recreated)
+                           recreate_base_chains=not self._base_chains_recreated,
+                           chunk_services=self.chunk_services)
+            pending: set[str] = set()  # the full sync flushes whatever is stale now
         else:
             assert previous is not None
             desired = self._rebuild(previous, state, changed)
             tx = partial_sync(previous, desired, changed)
+            pending = self.pending_stale - set(tx.written_chains)  # wanted again: rewritten, not deleted
+            if pending and needs_full_cache(tx.text):
+                tx = with_chain_deletes(tx, pending)  # the cache fetch is paid anyway
+                pending = set()
         try:
-            if tx.text:
-                self.backend.apply(tx.text)
+            for script in tx.scripts:
+                self.backend.apply(script)
         except Exception:
             self.failed_syncs += 1
             self.applied = None  # forces a full sync (which lists the kernel) even if asked for a partial one
@@ -816,46 +1075,77 @@ class NftablesRuleSet:
         if full:
             self.full_syncs += 1
             self._base_chains_recreated = True
+            self._chain_count = len(tx.written_chains)
         else:
             self.partial_syncs += 1
-        deleted = self._delete_stale(set(tx.stale_chains))
-        log.debug("nftables %s sync: %d lines, %d chains written, %d stale", "full" if full else "partial",
-                  len(tx.lines), len(tx.written_chains), len(tx.stale_chains))
+            self._chain_count += self._chain_delta(previous, desired, changed)
+        self.pending_stale = pending | set(tx.stale_chains)
+        deleted = len(tx.deleted_chains)
+        if self.pending_stale and (full or len(self.pending_stale) >= self._stale_batch()):
+            deleted += self._delete_pending()
+        log.debug("nftables %s sync: %d scripts, %d bytes, %d chains written, %d stale, %d deleted",
+                  "full" if full else "partial", len(tx.scripts), len(tx.text), len(tx.written_chains),
+                  len(tx.stale_chains), deleted)
         return SyncResult(
-            mode=self.mode, full=full, payload=tx.text, services=desired.service_ports,
+            mode=self.mode, full=full, payload=tx.text, services=len(state.service_ports),
             changed=frozenset(desired.services) if full else frozenset(changed),
             objects_written=len(tx.written_chains) + len(tx.written_sets),
             objects_deleted=deleted + len(tx.deleted_sets),
         )
 
-    def _rebuild(self, previous: DesiredState, state: ProxyState, changed: frozenset[ServiceKey]) -> DesiredState:
-        """``previous`` with the objects of the ``changed`` services recomputed (the others are reused as is)."""
-        ports: dict[ServiceKey, list[ServicePort]] = {}
-        for sp in state.service_ports:
-            key = service_key(sp)
-            if key in changed:
-                ports.setdefault(key, []).append(sp)
-        services: dict[ServiceKey, ServiceObjects] = {}
-        for key, objs in previous.services.items():
-            if key not in changed:
-                services[key] = objs
-        for key, sps in ports.items():
-            services[key] = service_objects(sps, state.endpoints, self.config)
-        ordered = {key: services[key] for key in sorted(services)}
-        return DesiredState(ordered, nodeport_ips(self.config, self.options))
+    @staticmethod
+    def _chain_delta(previous: DesiredState, desired: DesiredState, changed: frozenset[ServiceKey]) -> int:
+        delta = 0
+        for key in changed:
+            old, new = previous.services.get(key), desired.services.get(key)
+            delta += (len(new.chains) if new is not None else 0) - (len(old.chains) if old is not None else 0)
+        return delta
 
-    def _delete_stale(self, stale: set[str]) -> int:
-        """Delete flushed stale chains (and earlier leftovers) in their own transaction; count the deleted."""
-        wanted = self.applied.chains() if self.applied is not None else {}
-        todo = sorted(c for c in (self.pending_stale | stale) if c not in wanted)
-        if not todo:
-            self.pending_stale = set()
-            return 0
+    def _rebuild(self, previous: DesiredState, state: ProxyState, changed: frozenset[ServiceKey]) -> DesiredState:
+        """``previous`` with the objects of the ``changed`` services recomputed (the others are reused as is).
+
+        O(change) apart from copying two dicts: the claims index is carried
+        over and updated, and the service order is kept unless services come
+        or go.
+        """
+        ports = state.ports_of(changed)
+        updates = {key: service_objects(sorted(ports[key], key=lambda p: (p.port_name, p.protocol.value)),
+                                        state.endpoints, self.config) if key in ports else None
+                   for key in changed}
+        services = dict(previous.services)
+        added = False
+        for key, objs in updates.items():
+            if objs is None:
+                services.pop(key, None)
+            else:
+                added = added or key not in services
+                services[key] = objs
+        if added:
+            services = {key: services[key] for key in sorted(services, key=service_order)}
+        claims = dict(previous.claims())
+        for key, objs in updates.items():
+            old = previous.services.get(key)
+            for container, element in (old.elements if old is not None else ()):
+                holders = claims.get((container, element.key), ())
+                if key in holders:
+                    rest = tuple(k for k in holders if k != key)
+                    if rest:
+                        claims[(container, element.key)] = rest
+                    else:
+                        del claims[(container, element.key)]
+            for container, element in (objs.elements if objs is not None else ()):
+                holders = claims.get((container, element.key), ())
+                if key not in holders:
+                    claims[(container, element.key)] = tuple(sorted((*holders, key), key=service_order))
+        return DesiredState(services, nodeport_ips(self.config, self.options), claims_index=claims)
+
+    def _delete_pending(self) -> int:
+        """Delete the waiting stale chains in their own transaction; the number deleted (0 if it failed)."""
+        todo = sorted(self.pending_stale)
         try:
             self.backend.apply(delete_chains(todo))
-        except Exception as exc:  # the chains are empty and unused: retrying later is harmless
-            log.debug("deleting %d stale nftables chains failed (%s); retrying at the next sync", len(todo), exc)
-            self.pending_stale = set(todo)
+        except Exception as exc:  # the chains are unreachable and unused: retrying later is harmless
+            log.debug("deleting %d stale nftables chains failed (%s); retrying later", len(todo), exc)
             return 0
         self.pending_stale = set()
         return len(todo)

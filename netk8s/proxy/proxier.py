@@ -18,6 +18,13 @@ service by service, with the state of the last successful sync
   top-level chains) are written;
 * nothing at all when no service changed and no full sync is due.
 
+Building the state costs O(change), not O(services): the informer
+handlers record which services' objects changed (a Service, or an
+EndpointSlice labelled with its name), and each sync converts only those
+(``ServiceInputs``) and reuses the rest; ``changed`` is computed the same way.
+At 10,000 services rebuilding everything (``current_state``, which full
+syncs still use) and diffing two whole states took ~0.5 s per sync.
+
 Counters for tests, status and benchmarks: ``sync_count`` (successful syncs),
 ``full_sync_count``, ``partial_sync_count``, ``skipped_sync_count``,
 ``failed_sync_count``, ``last_payload_bytes`` and ``last_result``;
@@ -35,21 +42,32 @@ node namespace's real iptables (``NetnsIptables``).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Callable, Iterable, Mapping
 
+from netk8s.api import meta
 from netk8s.api.resources import ResourceType, by_plural
 from netk8s.client.controller import Controller
 from netk8s.client.informer import Informer
 from netk8s.client.rest import ApiClient
 from netk8s.kernel.iptables import NetnsIptables
-from netk8s.proxy.backend import ProxyState, RuleBackend, RuleSet, SyncResult, changed_services
+from netk8s.proxy.backend import ProxyState, RuleBackend, RuleSet, ServiceKey, SyncResult
 from netk8s.proxy.iptables import IptablesRuleSet
-from netk8s.proxy.model import ProxyConfig, build_endpoints, build_service_ports
+from netk8s.proxy.model import (
+    SERVICE_NAME_LABEL,
+    Endpoint,
+    ProxyConfig,
+    ServicePort,
+    build_endpoints,
+    build_service_ports,
+)
 
-__all__ = ["Proxier", "RuleBackend", "RuleSet"]
+__all__ = ["Proxier", "RuleBackend", "RuleSet", "ServiceInputs"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +79,60 @@ def _resource(group: str, plural: str) -> ResourceType:
     if resource is None:
         raise LookupError(f"resource {plural}.{group or 'core'} is not in netk8s.api.resources")
     return resource
+
+
+def _service_order(key: ServiceKey) -> tuple[str, ...]:
+    return tuple(key.split("/", 1))
+
+
+Inputs = tuple[tuple[ServicePort, ...], tuple[tuple[str, tuple[Endpoint, ...]], ...]]
+
+
+@dataclass
+class ServiceInputs:
+    """The rule inputs per service (its ports, its endpoints per port name), kept between syncs.
+
+    ``state`` assembles a ``ProxyState`` equal to what ``ProxyState.of`` of
+    everything gives (ports sorted by namespace, name, port name, protocol),
+    without sorting or converting the services that did not change.
+    """
+
+    ports: dict[ServiceKey, tuple[ServicePort, ...]] = field(default_factory=dict)
+    endpoints: dict[ServiceKey, dict[str, tuple[Endpoint, ...]]] = field(default_factory=dict)
+    _order: list[tuple[str, ...]] = field(default_factory=list)  # (namespace, name) of services with ports
+    _flat: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)  # every service's endpoints
+
+    def inputs(self, key: ServiceKey) -> Inputs:
+        return self.ports.get(key, ()), tuple(sorted(self.endpoints.get(key, {}).items()))
+
+    def set(self, key: ServiceKey, ports: Iterable[ServicePort], endpoints: Mapping[str, Iterable[Endpoint]]) -> None:
+        """Replace one service's inputs (no ports and no endpoints: forget it)."""
+        new_ports = tuple(sorted(set(ports), key=lambda p: (p.port_name, p.protocol.value)))
+        new_eps = {spn: tuple(eps) for spn, eps in endpoints.items()}
+        order = _service_order(key)
+        had = key in self.ports
+        if new_ports and not had:
+            bisect.insort(self._order, order)
+        elif had and not new_ports:
+            del self._order[bisect.bisect_left(self._order, order)]
+        if new_ports:
+            self.ports[key] = new_ports
+        else:
+            self.ports.pop(key, None)
+        for spn in self.endpoints.pop(key, {}):
+            self._flat.pop(spn, None)
+        if new_eps:
+            self.endpoints[key] = new_eps
+            self._flat.update(new_eps)
+
+    def state(self) -> ProxyState:
+        ports = tuple(chain.from_iterable(self.ports["/".join(order)] for order in self._order))
+        return ProxyState(ports, dict(self._flat))
+
+
+def _slice_service(obj: dict) -> ServiceKey | None:
+    service = meta.labels_of(obj).get(SERVICE_NAME_LABEL)
+    return f"{meta.namespace_of(obj)}/{service}" if service else None
 
 
 class Proxier(Controller):
@@ -100,22 +172,49 @@ class Proxier(Controller):
         self._periodic_due = float("-inf")
         self._services: Informer | None = None
         self._slices: Informer | None = None
+        self._inputs: ServiceInputs | None = None  # None: rebuild from the informers at the next sync
+        self._dirty: set[ServiceKey] = set()  # services whose objects changed since they were converted
+        self._slices_of: dict[ServiceKey, set[str]] = {}  # EndpointSlice keys per service, from their labels
+        self._unapplied: set[ServiceKey] = set()  # converted since the last successful sync
+        self._applied_inputs: dict[ServiceKey, Inputs] = {}  # what the last successful sync applied
 
     # -- wiring ----------------------------------------------------------------------------
 
     def setup(self) -> None:
         self._services = self.informer(_resource("", "services"))
         self._slices = self.informer(_resource("discovery.k8s.io", "endpointslices"))
-        self._services.add_handler(self._on_event)
-        self._slices.add_handler(self._on_event)
+        self._services.add_handler(self._on_service_event)
+        self._slices.add_handler(self._on_slice_event)
 
     def start(self) -> None:
         # The first sync installs the base chains and jumps even in an empty cluster.
         self.queue.add(_SYNC_KEY)
         super().start()
 
-    def _on_event(self, event_type: str, old: dict | None, new: dict | None) -> None:
+    def _on_service_event(self, event_type: str, old: dict | None, new: dict | None) -> None:
+        obj = new if new is not None else old
         with self._cond:
+            if obj is not None:
+                self._dirty.add(meta.key_of(obj))
+            self._generation += 1
+        self.queue.add(_SYNC_KEY)
+
+    def _on_slice_event(self, event_type: str, old: dict | None, new: dict | None) -> None:
+        with self._cond:
+            for obj, present in ((old, False), (new, True)):
+                if obj is None:
+                    continue
+                service = _slice_service(obj)
+                if service is None:
+                    continue
+                self._dirty.add(service)
+                slices = self._slices_of.setdefault(service, set())
+                if present:
+                    slices.add(meta.key_of(obj))
+                else:
+                    slices.discard(meta.key_of(obj))
+                    if not slices:
+                        del self._slices_of[service]
             self._generation += 1
         self.queue.add(_SYNC_KEY)
 
@@ -129,10 +228,40 @@ class Proxier(Controller):
     # -- sync ------------------------------------------------------------------------------
 
     def current_state(self) -> ProxyState:
-        """The state the informer caches describe now."""
+        """The state the informer caches describe now (built from every object)."""
         assert self._services is not None and self._slices is not None
         return ProxyState.of(build_service_ports(self._services.list()),
                              build_endpoints(self._slices.list(), self.config.node_name))
+
+    def _convert(self, key: ServiceKey, inputs: ServiceInputs) -> None:
+        """Re-read one service's Service and EndpointSlices from the informer caches into ``inputs``."""
+        assert self._services is not None and self._slices is not None
+        service = self._services.get(key)
+        with self._cond:
+            slice_keys = sorted(self._slices_of.get(key, ()))
+        slices = [obj for obj in (self._slices.get(k) for k in slice_keys)
+                  if obj is not None and _slice_service(obj) == key]
+        ports = build_service_ports([service]) if service is not None else []
+        inputs.set(key, ports, build_endpoints(slices, self.config.node_name) if slices else {})
+
+    def _build(self) -> tuple[ProxyState, frozenset[ServiceKey]]:
+        """The current state and the services whose inputs differ from what was last applied."""
+        assert self._services is not None and self._slices is not None
+        with self._cond:
+            dirty, self._dirty = self._dirty, set()
+        if self._inputs is None:
+            # First sync (or after a failure): convert everything. The slice index is complete:
+            # the handlers saw every slice (informers announce each listed object).
+            with self._cond:
+                with_slices = set(self._slices_of)
+            dirty |= {meta.key_of(obj) for obj in self._services.list()} | with_slices | set(self._applied_inputs)
+            self._inputs = ServiceInputs()
+        for key in dirty:
+            self._convert(key, self._inputs)
+        self._unapplied |= dirty
+        changed = frozenset(key for key in self._unapplied
+                            if self._inputs.inputs(key) != self._applied_inputs.get(key, ((), ())))
+        return self._inputs.state(), changed
 
     def sync(self, key: str) -> None:
         wait = self._last_sync_end + self.min_sync_interval - time.monotonic()
@@ -142,8 +271,7 @@ class Proxier(Controller):
             generation = self._generation
         started = time.monotonic()
         try:
-            state = self.current_state()
-            changed = changed_services(self._applied, state)
+            state, changed = self._build()
             full = self._need_full or started - self._last_full >= self.sync_period > 0
             if not full and not changed:
                 result = None
@@ -152,6 +280,7 @@ class Proxier(Controller):
         except Exception as exc:
             with self._cond:
                 self._need_full = True  # what the kernel holds is unknown now
+                self._inputs = None  # and re-read every object next time
                 self.failed_sync_count += 1
                 self.last_sync_error = str(exc) or type(exc).__name__
                 self._cond.notify_all()
@@ -165,6 +294,13 @@ class Proxier(Controller):
                 self.after_sync(previous, state)
             except Exception:
                 log.exception("%s: after-sync hook failed", self.name)
+        for key in self._unapplied:
+            inputs = self._inputs.inputs(key) if self._inputs is not None else ((), ())
+            if inputs == ((), ()):
+                self._applied_inputs.pop(key, None)
+            else:
+                self._applied_inputs[key] = inputs
+        self._unapplied = set()
         with self._cond:
             self._applied = state
             self.last_sync_time = time.time()

@@ -469,3 +469,85 @@ def test_partial_syncs_in_the_kernel(node: Node, listeners: Listeners) -> None:
     full = ipt.render([WEB, API], smaller.endpoints, CONFIG)
     assert_kernel_agrees(saved, full)
     assert_jumps_exactly_once(saved)
+
+
+# -- the fast paths: inventory, streamed chunked full syncs, rule edits ------------------------------
+
+def many_services(count: int) -> ProxyState:
+    """``count`` ClusterIP services (10.96.20.x / 10.96.21.x), two endpoints each; web is among them."""
+    ports = [WEB]
+    endpoints: dict[str, tuple[Endpoint, ...]] = {WEB.service_port_name: tuple(web_endpoints())}
+    for i in range(count - 1):
+        sp = ServicePort("bulk", f"s{i:03d}", "", Protocol.TCP, IPv4Address(f"10.96.{20 + i // 250}.{i % 250 + 1}"),
+                         80)
+        ports.append(sp)
+        endpoints[sp.service_port_name] = (Endpoint(IPv4Address(f"10.245.{i // 100}.{2 * (i % 100) + 1}"), 8080),
+                                           Endpoint(IPv4Address(f"10.245.{i // 100}.{2 * (i % 100) + 2}"), 8080))
+    return ProxyState.of(ports, endpoints)
+
+
+def test_inventory_reads_what_a_full_save_reads(node: Node) -> None:
+    backend = kipt.NetnsIptables(node.name)
+    assert kipt.variant(node.name) in ("nf_tables", "legacy")
+    empty = backend.inventory(ipt.builtin_chains(CONFIG))
+    assert not ipt.chains_in(empty).get("nat")  # a fresh namespace: nothing yet
+    state = many_services(30)
+    ipt.IptablesRuleSet(backend, CONFIG).sync(state, full=True, changed=frozenset())
+    saved, inventory = kipt.save(node.name), backend.inventory(ipt.builtin_chains(CONFIG))
+    for table in ("filter", "nat"):
+        # iptables-save also prints built-in chains the kernel does not have yet; ours match exactly.
+        ours = {c for c in ipt.chains_in(saved)[table] if c.startswith("KUBE-")}
+        assert ours and {c for c in ipt.chains_in(inventory)[table] if c.startswith("KUBE-")} == ours
+    for table in ("filter", "nat"):
+        assert ipt.missing_jumps_by_table(inventory, ipt.jump_rules(CONFIG)).get(table) is None
+    # Remove one jump behind kube-proxy's back: the inventory sees it missing, as a save would.
+    kipt.restore(node.name, '*nat\n-D PREROUTING -m comment --comment "kubernetes service portals" '
+                            "-j KUBE-SERVICES\nCOMMIT\n")
+    inventory = backend.inventory(ipt.builtin_chains(CONFIG))
+    assert ipt.missing_jumps_by_table(inventory, ipt.jump_rules(CONFIG)) == ipt.missing_jumps_by_table(
+        kipt.save(node.name), ipt.jump_rules(CONFIG))
+
+
+def test_streamed_chunked_full_sync_and_rule_edits_in_the_kernel(node: Node, listeners: Listeners) -> None:
+    backend = kipt.NetnsIptables(node.name)
+    ruleset = ipt.IptablesRuleSet(backend, CONFIG, chunk_services=10, edit_min_rules=0)
+    state = many_services(40)
+    result = ruleset.sync(state, full=True, changed=frozenset())
+    assert result.payload.count("COMMIT") > 4  # streamed as several nat chunks, then filter and nat
+    saved = kipt.save(node.name)
+    assert_kernel_agrees(saved, ipt.render(state.service_ports, state.endpoints, CONFIG))
+    assert_jumps_exactly_once(saved)
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(30)} == set(POD_IPS)
+
+    # web loses its endpoints, then gets one back: KUBE-SERVICES is edited rule by rule, never rewritten.
+    empty = ProxyState.of(state.service_ports, {**state.endpoints, WEB.service_port_name: ()})
+    result = ruleset.sync(empty, full=False, changed=changed_services(state, empty))
+    nat_section = result.payload.split("*nat\n", 1)[1]
+    assert any(ln.startswith("-D KUBE-SERVICES ") for ln in nat_section.splitlines())
+    assert ":KUBE-SERVICES " not in nat_section
+    assert connect_errno(node.name, "10.96.12.34", 80, timeout=2.0)[0] == errno.ECONNREFUSED
+    back = ProxyState.of(state.service_ports, {**state.endpoints,
+                                               WEB.service_port_name: (Endpoint(IPv4Address(POD_IPS[1]), 8080),)})
+    result = ruleset.sync(back, full=False, changed=changed_services(empty, back))
+    assert any(ln.startswith("-I KUBE-SERVICES ") for ln in result.payload.splitlines())
+    assert fetch(node.name, "10.96.12.34", 80) == POD_IPS[1]
+    saved = kipt.save(node.name)
+    assert_kernel_agrees(saved, ipt.render(back.service_ports, back.endpoints, CONFIG))
+    full_rules = ipt.render(back.service_ports, back.endpoints, CONFIG).rules()
+    assert ipt.rules_by_chain(saved)[("nat", "KUBE-SERVICES")] == full_rules[("nat", "KUBE-SERVICES")]
+
+
+def test_streamed_restore_reports_errors_and_an_abort_commits_nothing(node: Node) -> None:
+    stream = kipt.RestoreStream(node.name)
+    stream.write("*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\nCOMMIT\n")
+    stream.write("*nat\n-A KUBE-SVC-AAAAAAAAAAAAAAAA -j KUBE-SVC-BBBBBBBBBBBBBBBB\nCOMMIT\n")
+    # iptables-nft names the COMMIT of the section it could not commit (the jump target is missing).
+    with pytest.raises(KernelError, match=r"at line 6 'COMMIT'.*KUBE-SVC-BBBBBBBBBBBBBBBB"):
+        stream.close()
+    # The first section committed, the second did not.
+    assert "KUBE-SVC-AAAAAAAAAAAAAAAA" in kipt.chains_in(kipt.save(node.name))["nat"]
+    assert "KUBE-SVC-BBBBBBBBBBBBBBBB" not in kipt.save(node.name)
+    aborted = kipt.RestoreStream(node.name)
+    aborted.write("*nat\n:KUBE-SVC-CCCCCCCCCCCCCCCC - [0:0]\n")  # no COMMIT: never applied
+    aborted.abort()
+    assert "KUBE-SVC-CCCCCCCCCCCCCCCC" not in kipt.save(node.name)

@@ -312,6 +312,70 @@ def test_kernel_listing_traces_like_the_rendered_script(node: Node) -> None:
     assert rs.trace(NFT_CASES[0].packet, set(LOCAL_ADDRESSES)).endpoints == expected(NFT_CASES[0])[1]
 
 
+# -- big syncs: chunked full syncs, cheap partial scripts, batched stale-chain deletes ---------------
+
+def bulk_state(count: int) -> ProxyState:
+    ports = [WEB]
+    eps: dict[str, list[Endpoint]] = {WEB.service_port_name: endpoints(*POD_IPS)}
+    for i in range(count - 1):
+        sp = ServicePort("bulk", f"s{i:03d}", "", Protocol.TCP, IPv4Address(f"10.96.{20 + i // 250}.{i % 250 + 1}"),
+                         80)
+        ports.append(sp)
+        eps[sp.service_port_name] = [Endpoint(IPv4Address(f"10.245.{i // 100}.{2 * (i % 100) + 1}"), 8080),
+                                     Endpoint(IPv4Address(f"10.245.{i // 100}.{2 * (i % 100) + 2}"), 8080)]
+    return state(ports, eps)
+
+
+def test_chunked_full_sync_installs_what_one_transaction_does(node: Node, listeners: Listeners) -> None:
+    cluster = bulk_state(25)
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG, chunk_services=4)
+    rs.sync(cluster, True, frozenset())
+    assert rs.last_transaction is not None and len(rs.last_transaction.scripts) == 8  # 7 chunks of services + 1
+    chunked = normalized(parse_ruleset(knft.list_json(node.name)))
+    assert chunked == normalized(parse_ruleset(nft.full_sync(nft.build(cluster.service_ports, cluster.endpoints,
+                                                                       CONFIG), CONFIG).text))
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(30)} == set(POD_IPS)
+    # Again over the installed table (every chain rewritten, chunk by chunk): the same table.
+    rs.sync(cluster, True, frozenset())
+    assert normalized(parse_ruleset(knft.list_json(node.name))) == chunked
+
+
+def test_partial_scripts_skip_nfts_full_cache_and_stale_deletes_wait_for_one(
+        node: Node, listeners: Listeners, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in a big table: stale chains wait until a transaction needs nft's full cache anyway.
+    monkeypatch.setattr(nft, "STALE_BATCH_FRACTION", 1.0)
+    rs = nft.NftablesRuleSet(knft.NetnsNft(node.name), CONFIG)
+    s1 = bulk_state(10)
+    rs.sync(s1, True, frozenset())
+    s2 = state(list(s1.service_ports), {**s1.endpoints, WEB.service_port_name: endpoints(*POD_IPS[:2])})
+    result = rs.sync(s2, False, changed_services(s1, s2))
+    assert not nft.needs_full_cache(result.payload) and result.objects_deleted == 0
+    gone = nft.endpoint_chain(WEB, endpoints(POD_IPS[2])[0])
+    assert rs.pending_stale == {gone}
+    kernel = parse_ruleset(knft.list_json(node.name))
+    # Unlinked (nothing jumps to it) but not flushed: a leaf chain is flushed with its delete, later.
+    assert kernel.chains[gone].rules
+    assert not any(gone in rule.text for name, chain in kernel.chains.items() if name != gone for rule in chain.rules)
+    assert {fetch(node.name, "10.96.12.34", 80) for _ in range(30)} == set(POD_IPS[:2])
+    # A new service: elements go in through the maps' declaration blocks, still no full cache.
+    s3 = state([*s2.service_ports, API], {**s2.endpoints, API.service_port_name: endpoints(POD_IPS[0])})
+    result = rs.sync(s3, False, changed_services(s2, s3))
+    assert not nft.needs_full_cache(result.payload)
+    assert fetch(node.name, "10.96.12.35", 443) == POD_IPS[0]
+    # Removing it deletes elements (full cache): the waiting chain is deleted in the same transaction.
+    result = rs.sync(s2, False, changed_services(s3, s2))
+    assert f"delete chain ip kube-proxy {gone}" in result.payload and result.objects_deleted >= 1
+    assert gone not in knft.objects(node.name)[0] and gone not in rs.pending_stale
+    # The kernel holds what a full sync installs, plus api's chains (unlinked now, waiting to be deleted):
+    # its service chain, which binds an anonymous vmap, is flushed at once.
+    assert rs.pending_stale and all("/api/" in c for c in rs.pending_stale)
+    kernel_chains, kernel_sets = normalized(parse_ruleset(knft.list_json(node.name)))
+    waiting = {c: kernel_chains.pop(c)[3] for c in rs.pending_stale}
+    assert waiting[nft.service_chain(API)] == [] and any(waiting.values())
+    assert (kernel_chains, kernel_sets) == normalized(
+        parse_ruleset(nft.full_sync(nft.build(s2.service_ports, s2.endpoints, CONFIG), CONFIG).text))
+
+
 # -- the proxier against a real API server -----------------------------------------------------------
 
 def resource(group: str, plural: str) -> ResourceType:

@@ -99,35 +99,165 @@ def test_changed_services_compares_per_service() -> None:
     assert changed_services(None, state) == {f"{p.namespace}/{p.name}" for p in state.service_ports}
 
 
-def test_endpoint_change_rewrites_only_that_service() -> None:
+def test_endpoint_change_rewrites_only_what_changed() -> None:
     kernel = FakeKernel()
     ruleset = IptablesRuleSet(kernel, CONFIG)
     state = small_cluster_state()
     first = sync(ruleset, None, state)
     assert first.full and kernel.saves == 1
-    web_chains = set(ipt.render(state.service_ports, state.endpoints, CONFIG).service_chains["default/web"])
+    before = ipt.render(state.service_ports, state.endpoints, CONFIG)
+    web_chains = set(before.service_chains["default/web"])
 
     new = replace_endpoints(state, "default/web:http", [Endpoint(IPv4Address("10.244.1.5"), 8080, is_local=True),
                                                         Endpoint(IPv4Address("10.244.3.3"), 8080)])
     result = sync(ruleset, state, new)
     assert not result.full and result.changed == {"default/web"}
     assert kernel.saves == 1  # a partial sync does not read the kernel
-    new_web = set(ipt.render(new.service_ports, new.endpoints, CONFIG).service_chains["default/web"])
+    after = ipt.render(new.service_ports, new.endpoints, CONFIG)
+    new_web = set(after.service_chains["default/web"])
     stale = web_chains - new_web
-    assert len(stale) == 1 and stale.pop().startswith("KUBE-SEP-")
-    # Declared: the top-level chains, web's chains, and web's stale endpoint chain (flushed, then -X).
-    assert service_chains_in(result.payload) == new_web | (web_chains - new_web)
-    assert result.objects_written == len(new_web) and result.objects_deleted == 1
-    assert {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL",
-            "KUBE-FORWARD", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"} <= declared(result.payload)
-    # Other services' chains are neither declared nor given rules; their top-level rules are all rewritten.
-    others = set(ipt.render(new.service_ports, new.endpoints, CONFIG).service_chains["default/solo"])
+    assert len(stale) == 1 and next(iter(stale)).startswith("KUBE-SEP-")
+    # Declared: web's chains whose rules changed (not the endpoint chain that stayed the same) and the
+    # stale endpoint chain (flushed, then -X).
+    old_rules, new_rules = before.rules(), after.rules()
+    rewritten = {c for c in new_web if old_rules.get(("nat", c)) != new_rules[("nat", c)]}
+    assert rewritten and rewritten < new_web
+    assert service_chains_in(result.payload) == rewritten | stale
+    assert result.objects_written == len(rewritten) and result.objects_deleted == 1
+    # web's lines in the top-level chains did not change: none of them is declared, edited or rewritten.
+    assert not declared(result.payload) & {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES",
+                                           "KUBE-PROXY-FIREWALL", "KUBE-FORWARD", "KUBE-POSTROUTING",
+                                           "KUBE-MARK-MASQ"}
+    assert "*filter" not in result.payload and "-A KUBE-SERVICES " not in result.payload
+    assert not any(ln.startswith(("-I ", "-D ")) for ln in result.payload.splitlines())
+    # Other services' chains are neither declared nor given rules.
+    others = set(after.service_chains["default/solo"])
     assert not any(re.match(rf"-A ({'|'.join(others)}) ", ln) for ln in result.payload.splitlines())
-    assert "default/solo:http cluster IP" in result.payload
-    assert "-I " not in result.payload
-    # 16 services: the top-level rules are a third of the full payload; the rest is skipped.
-    assert result.payload_bytes < first.payload_bytes / 2
+    assert result.payload_bytes < first.payload_bytes / 10
     assert kernel.tables.save() == fresh_full(new)
+    # Nothing changed at all: nothing to write.
+    again = ruleset.sync(new, full=False, changed=frozenset({"default/web"}))
+    assert again.payload == "" and len(kernel.payloads) == 2
+
+
+def test_top_level_chains_are_edited_rule_by_rule() -> None:
+    kernel = FakeKernel()
+    ruleset = IptablesRuleSet(kernel, CONFIG, edit_min_rules=0)
+    state = small_cluster_state()
+    sync(ruleset, None, state)
+    # web loses its endpoints: its KUBE-SERVICES jump (nat) becomes a REJECT (filter).
+    empty = replace_endpoints(state, "default/web:http", [])
+    result = sync(ruleset, state, empty)
+    lines = result.payload.splitlines()
+    web_jump = next(ln for ln in ipt.render(state.service_ports, state.endpoints, CONFIG).text.splitlines()
+                    if ln.startswith("-A KUBE-SERVICES") and "default/web:http cluster IP" in ln)
+    assert "-D " + web_jump[3:] in lines
+    assert not declared(result.payload) & {"KUBE-SERVICES", "KUBE-NODEPORTS"}
+    filter_section = result.payload.split("COMMIT\n")[0]
+    added = [ln for ln in filter_section.splitlines() if ln.startswith(("-I KUBE-SERVICES ", "-A KUBE-SERVICES "))]
+    assert len(added) == 1 and "default/web:http has no endpoints" in added[0]
+    assert kernel.tables.save() == fresh_full(empty)
+    # Back again: the jump is inserted at the position a full sync gives it (the rules stay in order).
+    result = sync(ruleset, empty, state)
+    assert any(ln.startswith("-I KUBE-SERVICES ") and "default/web:http cluster IP" in ln
+               for ln in result.payload.splitlines())
+    assert kernel.tables.save() == fresh_full(state)
+
+
+def test_rule_edits_fall_back_to_a_rewrite_on_duplicate_rules() -> None:
+    kernel = FakeKernel()
+    ruleset = IptablesRuleSet(kernel, CONFIG, edit_min_rules=0)
+    state = small_cluster_state()
+    sync(ruleset, None, state)
+    # Two identical external IP rules: deleting one by spec would be ambiguous.
+    twice = replace_port(state, "web", external_ips=(IPv4Address("192.0.2.9"), IPv4Address("192.0.2.9")))
+    sync(ruleset, state, twice)
+    assert kernel.tables.save() == fresh_full(twice)
+    once = replace_port(twice, "web", external_ips=(IPv4Address("192.0.2.9"),))
+    result = sync(ruleset, twice, once)
+    assert ":KUBE-SERVICES - [0:0]" in result.payload.splitlines() and "-D KUBE-SERVICES" not in result.payload
+    assert kernel.tables.save() == fresh_full(once)
+
+
+def test_big_syncs_are_chunked_and_every_commit_is_consistent() -> None:
+    kernel = FakeKernel()  # strict: each COMMIT must leave no jump to a missing chain
+    ruleset = IptablesRuleSet(kernel, CONFIG, chunk_services=3)
+    state = small_cluster_state()
+    result = sync(ruleset, None, state)
+    services = len({(p.namespace, p.name) for p in state.service_ports})
+    sections = [s for s in result.payload.split("COMMIT\n") if s.strip()]
+    chunks = 1 + -(-(services - 1) // 3)  # a first chunk of one service (3 // 5, at least 1), then 3 each
+    assert [s.split("\n", 1)[0] for s in sections] == ["*nat"] * chunks + ["*filter", "*nat"]
+    # Service chains come first (with KUBE-MARK-MASQ, which they jump to); the top-level chains last.
+    assert ":KUBE-MARK-MASQ - [0:0]" in sections[0] and ":KUBE-SERVICES - [0:0]" not in sections[0]
+    assert all(len({c for c in service_chains_in(s)}) for s in sections[:chunks])
+    assert ":KUBE-SERVICES - [0:0]" in sections[-1] and not service_chains_in(sections[-1])
+    assert kernel.tables.save() == fresh_full(state)
+    # A later full sync over the same tables (stale chains included) converges to the same.
+    gone = ProxyState(tuple(p for p in state.service_ports if p.name != "lb"), state.endpoints)
+    result = ruleset.sync(gone, full=True, changed=frozenset())
+    assert result.objects_deleted and all(f"-X {c}" in sections_last(result.payload)
+                                          for c in result_stale(result))
+    assert kernel.tables.save() == fresh_full(gone)
+
+
+def sections_last(payload: str) -> str:
+    return [s for s in payload.split("COMMIT\n") if s.strip()][-1]
+
+
+def result_stale(result: ipt.SyncResult) -> list[str]:
+    return [ln[3:] for ln in result.payload.splitlines() if ln.startswith("-X ")]
+
+
+def test_declarations_come_in_descending_name_order() -> None:
+    result = ipt.render(small_cluster_state().service_ports, small_cluster_state().endpoints, CONFIG)
+    for section in result.text.split("COMMIT\n"):
+        names = [ln[1:].split(" ", 1)[0] for ln in section.splitlines() if ln.startswith(":")]
+        assert names == sorted(names, reverse=True)
+
+
+def test_full_sync_reads_the_inventory_when_the_backend_has_one() -> None:
+    class InventoryKernel(FakeKernel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inventories: list[tuple[tuple[str, str], ...]] = []
+
+        def inventory(self, builtin: tuple[tuple[str, str], ...]) -> str:
+            self.inventories.append(tuple(builtin))
+            dump = self.tables.save()
+            chains = ipt.chains_in(dump)
+            rules = ipt.rules_by_chain(dump)
+            return ipt.inventory_dump(chains, {t: [ln for (tt, c), lns in rules.items() if tt == t
+                                                   and (t, c) in builtin for ln in lns] for t in chains})
+
+    kernel = InventoryKernel()
+    kernel.tables.restore("*nat\n:KUBE-SVC-STALESTALESTALE1 - [0:0]\nCOMMIT\n")
+    ruleset = IptablesRuleSet(kernel, CONFIG)
+    state = small_cluster_state()
+    result = sync(ruleset, None, state)
+    assert kernel.saves == 0 and kernel.inventories == [ipt.builtin_chains(CONFIG)]
+    assert result.objects_deleted == 1 and "-I PREROUTING 1 " in result.payload
+    assert kernel.tables.save() == fresh_full(state)  # the stale chain is gone too
+    # The jumps are there now: a second full sync adds none.
+    assert "-I " not in ruleset.sync(state, full=True, changed=frozenset()).payload
+
+
+def test_inventory_dump_reads_like_a_save_dump() -> None:
+    nft_json = ('{"nftables": [{"metainfo": {"version": "1.0.6"}}, '
+                '{"chain": {"family": "ip", "table": "nat", "name": "PREROUTING", "handle": 1}}, '
+                '{"chain": {"family": "ip", "table": "nat", "name": "KUBE-SVC-AAAAAAAAAAAAAAAA", "handle": 2}}, '
+                '{"chain": {"family": "ip", "table": "kube-proxy", "name": "services", "handle": 3}}, '
+                '{"chain": {"family": "ip", "table": "filter", "name": "INPUT", "handle": 4}}]}')
+    chains = ipt.nft_chain_names(nft_json)
+    assert chains == {"filter": {"INPUT"}, "nat": {"PREROUTING", "KUBE-SVC-AAAAAAAAAAAAAAAA"}}
+    dump = ipt.inventory_dump(chains, {"nat": ["-P PREROUTING ACCEPT",
+                                               '-A PREROUTING -m comment --comment "kubernetes service portals" '
+                                               "-j KUBE-SERVICES"]})
+    assert ipt.chains_in(dump) == chains
+    missing = ipt.missing_jumps_by_table(dump, ipt.jump_rules(CONFIG))
+    assert not any("PREROUTING" in ln for ln in missing["nat"]) and any("OUTPUT" in ln for ln in missing["nat"])
+    with pytest.raises(ValueError, match="unreadable JSON"):
+        ipt.nft_chain_names("{not json")
 
 
 def test_service_deletion_and_affinity_toggle_by_partial_syncs() -> None:
@@ -212,11 +342,12 @@ def _random_change(rng: random.Random, state: ProxyState) -> ProxyState:
     return ProxyState.of(ports, eps)
 
 
+@pytest.mark.parametrize("edit_min_rules", [0, ipt.EDIT_MIN_RULES])
 @pytest.mark.parametrize("seed", range(5))
-def test_random_partial_syncs_match_a_fresh_full_sync(seed: int) -> None:
+def test_random_partial_syncs_match_a_fresh_full_sync(seed: int, edit_min_rules: int) -> None:
     rng = random.Random(seed)
     kernel = FakeKernel()
-    ruleset = IptablesRuleSet(kernel, CONFIG)
+    ruleset = IptablesRuleSet(kernel, CONFIG, edit_min_rules=edit_min_rules, chunk_services=4)
     state = small_cluster_state()
     sync(ruleset, None, state)
     for step in range(25):
@@ -225,6 +356,9 @@ def test_random_partial_syncs_match_a_fresh_full_sync(seed: int) -> None:
         assert not result.full
         assert kernel.tables.save() == fresh_full(new), f"seed {seed} step {step}"
         state = new
+    # A periodic full sync over what the partial syncs left writes the same tables again.
+    ruleset.sync(state, full=True, changed=frozenset())
+    assert kernel.tables.save() == fresh_full(state)
 
 
 # -- the Proxier loop against an in-process API server -----------------------------------------
@@ -320,6 +454,44 @@ def test_proxier_does_full_then_partial_syncs(api_factory: Callable[..., ApiClie
     saved = kernel.tables.save()
     assert "default/web" not in saved and "default/other has no endpoints" in saved
     assert proxier.failed_sync_count == 0 and proxier.full_sync_count == 1
+
+
+def test_proxier_builds_its_state_incrementally(api_factory: Callable[..., ApiClient],
+                                                proxier_factory) -> None:  # type: ignore[no-untyped-def]
+    api = api_factory()
+    seen: list[tuple[ProxyState, frozenset[str]]] = []
+    proxier, kernel = proxier_factory(api, sync_period=0)
+    real_sync = proxier.ruleset.sync
+
+    def recording_sync(state: ProxyState, full: bool, changed: frozenset[str]) -> ipt.SyncResult:
+        seen.append((state, changed))
+        return real_sync(state, full, changed)
+
+    proxier.ruleset.sync = recording_sync  # type: ignore[method-assign]
+    _wait(proxier)
+    api.create(SERVICES, web_service())
+    api.create(SERVICES, other_service())
+    api.create(SLICES, web_slice(["10.244.1.5", "10.244.2.7"]))
+    _until(lambda: bool(seen) and len(seen[-1][0].endpoints.get("default/web:http", ())) == 2, "web's endpoints")
+    # A second slice of web, then a slice relabelled from web to other, then web deleted.
+    second = web_slice(["10.244.3.3"])
+    second["metadata"]["name"] = "web-2"
+    api.create(SLICES, second)
+    _until(lambda: len(seen[-1][0].endpoints.get("default/web:http", ())) == 3, "the second slice")
+    assert seen[-1][1] == {"default/web"}  # only web changed
+    moved = api.get(SLICES, "web-2", "default")
+    moved["metadata"]["labels"] = {"kubernetes.io/service-name": "other"}
+    moved["ports"] = [{"port": 443, "protocol": "TCP"}]
+    api.update(SLICES, moved)
+    _until(lambda: "default/other" in seen[-1][0].endpoints, "the relabelled slice")
+    assert seen[-1][1] == {"default/web", "default/other"}
+    api.delete(SERVICES, "web", "default")
+    _until(lambda: all(p.name != "web" for p in seen[-1][0].service_ports), "web's deletion")
+    assert seen[-1][1] == {"default/web"}
+    # Every state the ruleset got equals a rebuild of the informers' objects at that moment.
+    assert proxier.wait_for_sync(10)
+    assert seen[-1][0] == proxier.current_state()
+    assert kernel.tables.save() == fresh_full(proxier.current_state())
 
 
 def test_proxier_full_sync_after_failure_and_on_request(api_factory: Callable[..., ApiClient],

@@ -338,12 +338,15 @@ def test_partial_sync_of_one_endpoint_change_touches_only_that_service() -> None
     moved["default/web:http"] = [LOCAL, ep("10.244.3.3", local=False)]
     tx = _partial(before, _state(SMALL_PORTS, moved))
     assert all("/web/" in c for c in tx.written_chains)
-    assert set(tx.written_chains) == {nft.service_chain(WEB), nft.endpoint_chain(WEB, LOCAL),
-                                      nft.endpoint_chain(WEB, ep("10.244.3.3", local=False))}
+    # The service chain and the new endpoint's chain; LOCAL's endpoint chain is unchanged, not rewritten.
+    assert set(tx.written_chains) == {nft.service_chain(WEB), nft.endpoint_chain(WEB, ep("10.244.3.3", local=False))}
     assert tx.stale_chains == (nft.endpoint_chain(WEB, REMOTE),)
     for line in tx.lines:
         assert "/web/" in line, line  # nothing about any other service
     assert not any(line.startswith(("add element", "delete element")) for line in tx.lines)  # dispatch unchanged
+    # Rules go in as chain blocks: nft 1.0.6 runs this script without fetching the whole table.
+    assert not nft.needs_full_cache(tx.text)
+    assert f"add chain {T} {nft.service_chain(WEB)} {{ " in tx.text
 
 
 def test_partial_sync_element_changes() -> None:
@@ -355,10 +358,13 @@ def test_partial_sync_element_changes() -> None:
     ext = nft.external_chain(EXTIP)
     assert f"delete element {T} service-ips {{ 10.96.0.18 . tcp . 80 }}" in lines
     assert f"delete element {T} service-ips {{ 192.0.2.50 . tcp . 80 }}" in lines
-    assert (f'add element {T} no-endpoint-services {{ 10.96.0.18 . tcp . 80 comment "default/extip:http" : '
-            "goto reject-chain }") in lines
-    assert f"flush chain {T} {ext}" in lines and ext in tx.stale_chains
+    assert added(lines, "no-endpoint-services") == {
+        '10.96.0.18 . tcp . 80 comment "default/extip:http" : goto reject-chain',
+        '192.0.2.50 . tcp . 80 comment "default/extip:http" : goto reject-chain'}
+    # The external chain only jumps and goes to chains by name: unlinked now, flushed when it is deleted.
+    assert ext in tx.stale_chains and f"flush chain {T} {ext}" not in lines
     assert not tx.written_chains
+    assert nft.needs_full_cache(tx.text)  # deleting elements: nft fetches the table first
     # A changed verdict for the same key is deleted first, then added.
     local_gone = dict(SMALL_ENDPOINTS)
     local_gone["default/itp:http"] = [REMOTE]
@@ -366,6 +372,18 @@ def test_partial_sync_element_changes() -> None:
     delete = f"delete element {T} service-ips {{ 10.96.0.21 . tcp . 80 }}"
     add = f'add element {T} no-endpoint-services {{ 10.96.0.21 . tcp . 80 comment "default/itp:http" : drop }}'
     assert lines.index(delete) < lines.index(add)
+    # New elements only: added through the map's declaration block, no full cache needed.
+    grown = _partial(_state([WEB], SMALL_ENDPOINTS), _state([WEB, EXTIP], SMALL_ENDPOINTS))
+    assert added(grown.lines, "service-ips") == {f"10.96.0.18 . tcp . 80 : goto {nft.service_chain(EXTIP)}",
+                                                 f"192.0.2.50 . tcp . 80 : goto {nft.external_chain(EXTIP)}"}
+    assert not nft.needs_full_cache(grown.text)
+
+
+def added(lines: list[str], container: str) -> set[str]:
+    """The elements ``add element`` lines (expanded) add to ``container``."""
+    prefix = f"add element {T} {container} {{ "
+    return {item.strip() for line in lines if line.startswith(prefix)
+            for item in line[len(prefix):-2].split(" , ")}
 
 
 def test_partial_sync_with_nothing_changed_is_empty() -> None:
@@ -401,17 +419,17 @@ class FakeNft:
         self.fail_deletes = 0
 
     def table(self) -> NftRuleset:
-        return parse_ruleset(self.history)
+        return parse_ruleset(nft.expand_script(self.history))
 
     def apply(self, script: str) -> None:
         check_script(script)
         if self.fail_next:
             self.fail_next -= 1
             raise KernelError("nft -f in fake failed: injected")
-        if self.fail_deletes and script.startswith("delete chain"):
+        if self.fail_deletes and "\ndelete chain" in "\n" + script:
             self.fail_deletes -= 1
             raise KernelError("nft -f in fake failed: Device or resource busy")
-        candidate = parse_ruleset(self.history + script)
+        candidate = parse_ruleset(nft.expand_script(self.history + script))
         _check_references(candidate)
         self.history += script
         self.applied.append(script)
@@ -421,10 +439,10 @@ class FakeNft:
         return set(rs.chains), {n for n, s in rs.sets.items() if not s.is_map}
 
     def list_text(self) -> str:
-        return self.history
+        return nft.expand_script(self.history)
 
     def list_json(self) -> str:
-        return self.history
+        return nft.expand_script(self.history)
 
 
 def _check_references(rs: NftRuleset) -> None:
@@ -465,8 +483,10 @@ def test_ruleset_full_then_partial_then_failure_forces_full() -> None:
     s2 = _state(SMALL_PORTS, moved)
     second = rs.sync(s2, False, changed_services(s1, s2))
     assert not second.full and second.changed == frozenset({"default/web"})
-    assert second.objects_deleted == 1  # REMOTE's endpoint chain: flushed, then deleted right after
-    assert kernel.applied[-1] == f"delete chain {T} {nft.endpoint_chain(WEB, REMOTE)}\n"
+    assert second.objects_deleted == 1  # REMOTE's endpoint chain: unlinked, then flushed and deleted right after
+    gone = nft.endpoint_chain(WEB, REMOTE)
+    assert f"flush chain {T} {gone}" not in second.payload  # a leaf chain: its flush waits for the delete
+    assert kernel.applied[-1] == f"flush chain {T} {gone}\ndelete chain {T} {gone}\n"
     assert nft.endpoint_chain(WEB, REMOTE) not in kernel.table().chains
 
     kernel.fail_next = 1
@@ -487,8 +507,9 @@ def test_partial_syncs_converge_to_what_a_full_sync_installs() -> None:
     eps["default/web:http"] = [ep("10.244.1.50")]
     eps["default/np-remote:http"] = [LOCAL]
     states.append(_state(SMALL_PORTS, eps))
-    states.append(_state([p for p in SMALL_PORTS if p.name != "lb"] + [replace(WEB, session_affinity_seconds=5)],
-                         eps))
+    # web gains ClientIP affinity (one port each: the API never gives a service two ports of one name).
+    states.append(_state([replace(p, session_affinity_seconds=5) if p == WEB else p
+                          for p in SMALL_PORTS if p.name != "lb"], eps))
     states.append(_state([p for p in SMALL_PORTS if p.name not in ("lb", "sticky", "np")], {}))
     states.append(_state(SMALL_PORTS, SMALL_ENDPOINTS))
     previous = None
@@ -511,7 +532,9 @@ def test_stale_chain_deletes_are_retried_when_the_kernel_refuses() -> None:
     result = rs.sync(s2, False, changed_services(s1, s2))
     stale = nft.endpoint_chain(WEB, REMOTE)
     assert result.objects_deleted == 0 and rs.pending_stale == {stale}
-    assert kernel.table().chains[stale].rules == []  # flushed, unreferenced, still there
+    assert kernel.table().chains[stale].rules  # unreachable, unreferenced, still there (a leaf: not flushed yet)
+    assert not any(stale in rule.text for name, chain in kernel.table().chains.items() if name != stale
+                   for rule in chain.rules)
     result = rs.sync(s2, False, frozenset())
     assert result.payload == "" and result.objects_deleted == 1 and stale not in kernel.table().chains
 
@@ -537,7 +560,7 @@ def test_ruleset_trace_reads_the_kernel_listing() -> None:
     rs.sync(_state([WEB], {"default/web:http": [LOCAL, REMOTE]}), True, frozenset())
     result = rs.trace(Packet(IPv4Address("10.244.1.9"), Protocol.TCP, IPv4Address("10.96.0.11"), 80), {NODE_IP})
     assert result.verdict is Verdict.ACCEPT and result.endpoints == ("10.244.1.5:8080", "10.244.2.7:8080")
-    assert rs.dump() == kernel.history
+    assert rs.dump() == nft.expand_script(kernel.history)
 
 
 def test_check_script_refuses_other_tables() -> None:
@@ -566,4 +589,5 @@ def test_rendering_ten_thousand_services_is_fast() -> None:
     partial = nft.partial_sync(state, after, frozenset({"default/svc42"}))
     assert time.perf_counter() - start < 1.0
     assert partial.stale_chains == (nft.endpoint_chain(ports[42], ep("10.244.42.4")),)
-    assert len(partial.lines) == 13 and all("/svc42/" in line for line in partial.lines)
+    # The service chain (add, flush, add + its 2 rules); the stale endpoint chain is only unlinked.
+    assert len(partial.lines) == 5 and all("/svc42/" in line for line in partial.lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from netk8s.errors import ValidationError
+from netk8s.proxy import hashing
 from netk8s.proxy import iptables as ipt
 from netk8s.proxy.backend import ProxyState
 from netk8s.proxy.hashing import endpoint_chain, service_chain
@@ -176,6 +177,16 @@ def test_probabilities_for_one_to_four_endpoints(count: int, kube: list[str], sa
     for i, ep in enumerate(eps):
         assert jumps[i].endswith("-j " + endpoint_chain("ns/svc:p", "tcp", ep.address))
         assert f'--comment "ns/svc:p -> {ep.address}"' in jumps[i]
+
+
+def test_fast_chain_hashes_equal_the_reference_scheme() -> None:
+    for i in range(300):
+        spn = f"ns-{i % 7}/svc-{i}:{'p' * (i % 5)}"
+        for proto in ("tcp", "udp", "sctp"):
+            assert ipt.port_proto_hash(spn, proto) == hashing.port_proto_hash(spn, proto)
+            assert ipt.service_chain(spn, proto) == service_chain(spn, proto)
+            address = f"10.244.{i % 250}.{i % 199}:{8000 + i}"
+            assert ipt.endpoint_chain(spn, proto, address) == endpoint_chain(spn, proto, address)
 
 
 def test_kube_probability_rejects_bad_index() -> None:
