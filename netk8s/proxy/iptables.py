@@ -32,6 +32,9 @@ named in a transaction, so one huge transaction is quadratic). Chunks are
 ordered so that every commit leaves a consistent table: the service chains
 (with KUBE-MARK-MASQ, which they jump to) first, each service's chains in one
 chunk, the top-level chains and the deletion of stale chains last.
+``IptablesRuleSet`` splits only syncs of more than ``chunk_above`` services
+(500): anything smaller is one transaction, as kube-proxy writes it; above
+that, streaming chunks also hides the rendering time behind the kernel's work.
 
 Also here, because they are pure text work: parsing ``iptables-save`` output
 (``chains_in``, ``rules_by_chain``), building the same form from a cheap
@@ -1067,6 +1070,7 @@ class InventoryBackend(Protocol):
 # -- the iptables mode's RuleSet ---------------------------------------------------------------
 
 DEFAULT_CHUNK_SERVICES = 250  # services per nat section of a big sync (see the module docstring)
+DEFAULT_CHUNK_ABOVE = 500  # syncs of at most this many services are one transaction
 
 
 class IptablesRuleSet:
@@ -1084,10 +1088,11 @@ class IptablesRuleSet:
 
     def __init__(self, backend: RuleBackend, config: ProxyConfig,
                  chunk_services: int | None = DEFAULT_CHUNK_SERVICES,
-                 edit_min_rules: int = EDIT_MIN_RULES) -> None:
+                 edit_min_rules: int = EDIT_MIN_RULES, chunk_above: int = DEFAULT_CHUNK_ABOVE) -> None:
         self.backend = backend
         self.config = config
         self.chunk_services = chunk_services
+        self.chunk_above = chunk_above
         self.edit_min_rules = edit_min_rules
         self._installed: ServiceTable | None = None  # what the kernel has, after the last successful sync
         self._rendered: dict[ServiceKey, ServiceRules] = {}  # the latest rendering per service (kept or not)
@@ -1112,7 +1117,8 @@ class IptablesRuleSet:
         for key in set(self._rendered) - set(grouped):
             del self._rendered[key]
         stream = self.backend.restore_stream() if isinstance(self.backend, StreamingBackend) else None
-        composer = Composer(self.config, chunk_services=self.chunk_services,
+        chunk = self.chunk_services if len(grouped) > self.chunk_above else None
+        composer = Composer(self.config, chunk_services=chunk,
                             sink=stream.write if stream is not None else None, expected=len(grouped))
         try:
             # The kernel is read (for stale chains and missing jumps, needed only by the last

@@ -510,7 +510,7 @@ def test_inventory_reads_what_a_full_save_reads(node: Node) -> None:
 
 def test_streamed_chunked_full_sync_and_rule_edits_in_the_kernel(node: Node, listeners: Listeners) -> None:
     backend = kipt.NetnsIptables(node.name)
-    ruleset = ipt.IptablesRuleSet(backend, CONFIG, chunk_services=10, edit_min_rules=0)
+    ruleset = ipt.IptablesRuleSet(backend, CONFIG, chunk_services=10, edit_min_rules=0, chunk_above=0)
     state = many_services(40)
     result = ruleset.sync(state, full=True, changed=frozenset())
     assert result.payload.count("COMMIT") > 4  # streamed as several nat chunks, then filter and nat

@@ -181,7 +181,7 @@ def test_rule_edits_fall_back_to_a_rewrite_on_duplicate_rules() -> None:
 
 def test_big_syncs_are_chunked_and_every_commit_is_consistent() -> None:
     kernel = FakeKernel()  # strict: each COMMIT must leave no jump to a missing chain
-    ruleset = IptablesRuleSet(kernel, CONFIG, chunk_services=3)
+    ruleset = IptablesRuleSet(kernel, CONFIG, chunk_services=3, chunk_above=0)
     state = small_cluster_state()
     result = sync(ruleset, None, state)
     services = len({(p.namespace, p.name) for p in state.service_ports})
@@ -199,6 +199,15 @@ def test_big_syncs_are_chunked_and_every_commit_is_consistent() -> None:
     assert result.objects_deleted and all(f"-X {c}" in sections_last(result.payload)
                                           for c in result_stale(result))
     assert kernel.tables.save() == fresh_full(gone)
+
+
+def test_syncs_up_to_chunk_above_services_are_one_transaction() -> None:
+    state = small_cluster_state()
+    services = len({(p.namespace, p.name) for p in state.service_ports})
+    for chunk_above, chunked in ((services, False), (services - 1, True)):
+        ruleset = IptablesRuleSet(FakeKernel(), CONFIG, chunk_services=3, chunk_above=chunk_above)
+        commits = sync(ruleset, None, state).payload.count("COMMIT\n")
+        assert (commits > 2) is chunked, (chunk_above, commits)  # unchunked: one filter, one nat section
 
 
 def sections_last(payload: str) -> str:
@@ -347,7 +356,8 @@ def _random_change(rng: random.Random, state: ProxyState) -> ProxyState:
 def test_random_partial_syncs_match_a_fresh_full_sync(seed: int, edit_min_rules: int) -> None:
     rng = random.Random(seed)
     kernel = FakeKernel()
-    ruleset = IptablesRuleSet(kernel, CONFIG, edit_min_rules=edit_min_rules, chunk_services=4)
+    ruleset = IptablesRuleSet(kernel, CONFIG, edit_min_rules=edit_min_rules, chunk_services=4,
+                              chunk_above=0)
     state = small_cluster_state()
     sync(ruleset, None, state)
     for step in range(25):
