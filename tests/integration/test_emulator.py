@@ -15,8 +15,6 @@ from typing import Iterator
 import pytest
 
 from netk8s.api.resources import NODES
-from netk8s.apiserver.registry import Registry
-from netk8s.apiserver.server import ApiServer, listen
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ApiClient
 from netk8s.cluster.state import ClusterRecord, StateDir
@@ -25,7 +23,6 @@ from netk8s.cni.hostgw import HostGwAgent
 from netk8s.cni.vxlan import VxlanAgent, VxlanConfig, vtep_mac
 from netk8s.emulator.network import EmulatedNetwork
 from netk8s.kernel import netns
-from netk8s.store.sqlite import SQLiteStore
 from netk8s.testing.helpers import namespaces_of, wait_for
 from netk8s.testing.plugin import unique_cluster_name
 from netk8s.topology import load_dict
@@ -113,22 +110,6 @@ def test_teardown_removes_every_recorded_namespace_and_shell(tmp_path: Path) -> 
 
 
 # -- routed topologies, link loss, host-gw and VXLAN agents ------------------------------------------
-
-@pytest.fixture
-def api() -> Iterator[ApiClient]:
-    """An in-process API server on loopback, for the route agents."""
-    store = SQLiteStore()
-    server = ApiServer(Registry(store))
-    sock = listen()
-    server.start_in_thread(sock)
-    client = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}")
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
-        store.close()
-
 
 @contextlib.contextmanager
 def running(*agents: Controller) -> Iterator[None]:

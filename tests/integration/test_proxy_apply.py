@@ -17,22 +17,17 @@ from __future__ import annotations
 import dataclasses
 import errno
 import importlib.util
-import secrets
-import socket
 import sys
-import threading
-import time
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
 import pytest
+from proxy_rig import API, CONFIG, EMPTY, POD_IPS, WEB, Listeners, Node, connect_errno, fetch, wait_until
 
-from netk8s.api.resources import ResourceType, by_plural
-from netk8s.apiserver.registry import Registry
-from netk8s.apiserver.server import ApiServer, listen
+from netk8s.api.resources import ENDPOINTSLICES as SLICES
+from netk8s.api.resources import SERVICES
 from netk8s.client.rest import ApiClient
 from netk8s.errors import KernelError
 from netk8s.kernel import iptables as kipt
@@ -40,42 +35,9 @@ from netk8s.kernel import netns
 from netk8s.proxy import iptables as ipt
 from netk8s.proxy.backend import ProxyState, changed_services
 from netk8s.proxy.hashing import endpoint_chain, service_chain
-from netk8s.proxy.model import Endpoint, Protocol, ProxyConfig, ServicePort
+from netk8s.proxy.model import Endpoint, Protocol, ServicePort
 from netk8s.proxy.proxier import Proxier
 from netk8s.proxy.trace import trace_iptables
-from netk8s.store.sqlite import SQLiteStore
-
-CONFIG = ProxyConfig("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.0.0/16"))
-POD_IPS = ("10.244.1.1", "10.244.1.2", "10.244.1.3")
-WEB = ServicePort("default", "web", "http", Protocol.TCP, IPv4Address("10.96.12.34"), 80)
-API = ServicePort("default", "api", "", Protocol.TCP, IPv4Address("10.96.12.35"), 443)
-EMPTY = ServicePort("default", "empty", "", Protocol.TCP, IPv4Address("10.96.7.7"), 8080)
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str
-    prefix: str
-
-
-@pytest.fixture
-def node() -> Iterator[Node]:
-    prefix = f"nk-t{secrets.token_hex(3)}"
-    name = f"{prefix}-node"
-    netns.create(name)
-    try:
-        # This kernel has no dummy driver: a veth pair with both ends inside the
-        # namespace (never in the root one) plays the pod-network interface.
-        dev, peer = f"{prefix}a", f"{prefix}b"
-        netns.run(name, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
-        for ip in POD_IPS:
-            netns.run(name, ["ip", "addr", "add", f"{ip}/24", "dev", dev])
-        for link in (dev, peer):
-            netns.run(name, ["ip", "link", "set", link, "up"])
-        netns.run(name, ["ip", "route", "add", "default", "dev", dev])
-        yield Node(name, prefix)
-    finally:
-        netns.delete(name)
 
 
 def apply(ns: str, ports: list[ServicePort], endpoints: dict[str, list[Endpoint]]) -> ipt.RenderResult:
@@ -98,79 +60,6 @@ def assert_kernel_agrees(saved: str, result: ipt.RenderResult) -> None:
     saved_rules = ipt.rules_by_chain(saved)
     for key, rendered in result.rules().items():
         assert saved_rules.get(key) == rendered, key
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Listeners:
-    """TCP servers on each pod IP inside the namespace; each answers with its own address."""
-
-    def __init__(self, ns: str, ips: tuple[str, ...], port: int) -> None:
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._socks: list[socket.socket] = []
-        for ip in ips:
-            sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ip, port))
-            sock.listen(64)
-            sock.settimeout(0.1)
-            self._socks.append(sock)
-            t = threading.Thread(target=self._serve, args=(sock, ip), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _serve(self, sock: socket.socket, ip: str) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            with conn:
-                conn.sendall(ip.encode())
-
-    def close(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(2)
-        for s in self._socks:
-            s.close()
-
-
-@pytest.fixture
-def listeners(node: Node) -> Iterator[Listeners]:
-    servers = Listeners(node.name, POD_IPS, 8080)
-    try:
-        yield servers
-    finally:
-        servers.close()
-
-
-def fetch(ns: str, ip: str, port: int, timeout: float = 2.0) -> str:
-    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(timeout)
-        sock.connect((ip, port))
-        return sock.recv(64).decode()
-
-
-def connect_errno(ns: str, ip: str, port: int, timeout: float) -> tuple[int | None, float]:
-    """(errno or None for a timeout, seconds taken) of one TCP connect from inside the namespace."""
-    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(timeout)
-        start = time.monotonic()
-        try:
-            code = sock.connect_ex((ip, port))
-        except socket.timeout:
-            code = None
-        return code, time.monotonic() - start
 
 
 # -- renderer + backend ------------------------------------------------------------------------
@@ -241,30 +130,6 @@ def test_restore_error_names_the_failing_line(node: Node) -> None:
 
 
 # -- the proxier against a real API server -----------------------------------------------------
-
-def resource(group: str, plural: str) -> ResourceType:
-    found = by_plural(group, plural)
-    assert found is not None, plural
-    return found
-
-
-SERVICES = resource("", "services")
-SLICES = resource("discovery.k8s.io", "endpointslices")
-
-
-@pytest.fixture
-def api() -> Iterator[ApiClient]:
-    server = ApiServer(Registry(SQLiteStore(":memory:")))
-    sock = listen()
-    server.start_in_thread(sock)
-    client = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10)
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
-        sock.close()
-
 
 @pytest.fixture
 def start_proxier(api: ApiClient, node: Node) -> Iterator[Callable[..., Proxier]]:

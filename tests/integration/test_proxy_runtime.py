@@ -26,8 +26,6 @@ import pytest
 
 from netk8s.api.network import Protocol
 from netk8s.api.resources import ENDPOINTSLICES, SERVICES
-from netk8s.apiserver.registry import Registry
-from netk8s.apiserver.server import ApiServer, listen
 from netk8s.client.rest import ApiClient
 from netk8s.emulator.announce import announce, announced, withdraw
 from netk8s.kernel import conntrack, netns
@@ -35,7 +33,6 @@ from netk8s.kernel.conntrack import ConntrackCleaner
 from netk8s.proxy.conntrack import ConntrackFilter
 from netk8s.proxy.health import HealthConfig, ProxyHealth, prepare_node
 from netk8s.proxy.model import Endpoint, ServicePort
-from netk8s.store.sqlite import SQLiteStore
 from netk8s.testing.helpers import wait_for
 
 
@@ -60,21 +57,6 @@ def namespaces(prefix: str) -> Iterator[Callable[[str], str]]:
     finally:
         for name in reversed(made):
             netns.delete(name)
-
-
-@pytest.fixture
-def api() -> Iterator[ApiClient]:
-    store = SQLiteStore()
-    server = ApiServer(Registry(store))
-    sock = listen()
-    server.start_in_thread(sock)
-    client = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}")
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
-        store.close()
 
 
 @dataclass(frozen=True)
