@@ -121,11 +121,9 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from netk8s.cluster import lifecycle
-    from netk8s.topology import default_topology, load_file
+    from netk8s.cluster.api import resolve_topology
 
-    topo = load_file(args.file) if args.file else default_topology()
-    if args.name:
-        topo = topo.with_name(args.name)
+    topo = resolve_topology(args.file, args.name)
     print(f'Creating cluster "{topo.name}" ({len(topo.nodes)} nodes, {len(topo.hosts)} external hosts) ...',
           flush=True)
     record = lifecycle.up(topo, timeout=args.timeout)

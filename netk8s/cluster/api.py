@@ -14,6 +14,7 @@ cluster's own namespaces (exec); nothing touches the root namespace's network.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import subprocess
@@ -54,9 +55,10 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
-def _topology(source: str | Path | Topology | dict | None, name: str | None) -> Topology:
+def resolve_topology(source: str | Path | Topology | dict | None, name: str | None = None) -> Topology:
+    """A topology from a file path, a parsed document, a ``Topology`` or None (the default), renamed if asked."""
     if source is None:
-        topo = default_topology(name)
+        topo = default_topology()
     elif isinstance(source, Topology):
         topo = source
     elif isinstance(source, dict):
@@ -93,20 +95,26 @@ def _run(prefix: list[str], argv: Sequence[str], where: str, env: dict[str, str]
 
 
 class Cluster:
-    def __init__(self, state: StateDir, record: ClusterRecord) -> None:
+    def __init__(self, state: StateDir, record: ClusterRecord, topology: Topology | None = None) -> None:
         self.state = state
         self.record = record
         self.client = ApiClient(record.server)
-        self.topology: Topology = load_dict(record.topology)
+        if topology is not None:
+            self.__dict__["topology"] = topology  # what ``up`` was given: no need to parse the record again
+
+    @functools.cached_property
+    def topology(self) -> Topology:
+        """The cluster's topology, parsed from its record when first needed (most commands never need it)."""
+        return load_dict(self.record.topology)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
     def up(cls, topology: str | Path | Topology | dict | None = None, name: str | None = None,
            timeout: float = lifecycle.UP_TIMEOUT) -> "Cluster":
-        topo = _topology(topology, name)
+        topo = resolve_topology(topology, name)
         record = lifecycle.up(topo, timeout=timeout)
-        return cls(StateDir(topo.name), record)
+        return cls(StateDir(topo.name), record, topo)
 
     @classmethod
     def attach(cls, name: str | None = None) -> "Cluster":

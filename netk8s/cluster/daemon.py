@@ -128,9 +128,8 @@ class ClusterDaemon:
             self._run(LoadBalancerController(self.client, pool))
             self._run(LbAnnouncer(self.client, topo.name, topo))
         self._wait_nodes_ready()
-        for manifest in topo.manifests:
-            base = topo.source.parent if topo.source else None
-            for applied in apply(self.client, load_manifests(manifest, base_dir=base)):
+        for manifest in topo.manifests:  # absolute paths: the loader resolved them against the topology file
+            for applied in apply(self.client, load_manifests(manifest)):
                 log.info("manifest: %s", applied.describe())
 
     def _start_proxy(self, node_name: str, node_ip: ipaddress.IPv4Address, ns: str) -> None:

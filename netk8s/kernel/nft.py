@@ -90,25 +90,24 @@ def _table_missing(stderr: str) -> bool:
     return "No such file or directory" in stderr
 
 
-def list_json(netns_name: str) -> str:
-    """``nft -j list table ip kube-proxy``; "" when the table does not exist."""
-    result = netns.run(netns_name, ["nft", "-j", "list", "table", FAMILY, TABLE], check=False,
-                       timeout=_LIST_TIMEOUT)
+def _list_table(netns_name: str, json: bool) -> str:
+    argv = ["nft", *(["-j"] if json else []), "list", "table", FAMILY, TABLE]
+    result = netns.run(netns_name, argv, check=False, timeout=_LIST_TIMEOUT)
     if result.returncode != 0:
         if _table_missing(result.stderr):
             return ""
-        raise KernelError(f"nft -j list table {FAMILY} {TABLE} in {netns_name} failed: {result.stderr.strip()}")
+        raise KernelError(f"{' '.join(argv)} in {netns_name} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def list_json(netns_name: str) -> str:
+    """``nft -j list table ip kube-proxy``; "" when the table does not exist."""
+    return _list_table(netns_name, json=True)
 
 
 def list_text(netns_name: str) -> str:
     """``nft list table ip kube-proxy`` (what a user sees on a node); "" when the table does not exist."""
-    result = netns.run(netns_name, ["nft", "list", "table", FAMILY, TABLE], check=False, timeout=_LIST_TIMEOUT)
-    if result.returncode != 0:
-        if _table_missing(result.stderr):
-            return ""
-        raise KernelError(f"nft list table {FAMILY} {TABLE} in {netns_name} failed: {result.stderr.strip()}")
-    return result.stdout
+    return _list_table(netns_name, json=False)
 
 
 def _names(netns_name: str, kind: str) -> set[str]:

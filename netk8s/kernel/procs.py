@@ -15,32 +15,36 @@ import time
 log = logging.getLogger(__name__)
 
 
-def start_time(pid: int) -> int | None:
-    """Clock ticks since boot at which ``pid`` started (field 22 of /proc/<pid>/stat)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may contain spaces and parentheses; split after the last ')'.
-    rest = data.rsplit(")", 1)[-1].split()
+    return data.rsplit(")", 1)[-1].split()
+
+
+def _start_time_of(fields: list[str] | None) -> int | None:
     try:
-        return int(rest[19])
+        return int(fields[19]) if fields is not None else None
     except (IndexError, ValueError):
         return None
 
 
+def start_time(pid: int) -> int | None:
+    """Clock ticks since boot at which ``pid`` started (field 22 of /proc/<pid>/stat)."""
+    return _start_time_of(_stat_fields(pid))
+
+
 def is_running(pid: int, started: int | None) -> bool:
     """True while the very process recorded (pid + start time) exists and is not a zombie."""
-    current = start_time(pid)
-    if current is None or (started is not None and current != started):
+    fields = _stat_fields(pid)
+    current = _start_time_of(fields)
+    if fields is None or current is None or (started is not None and current != started):
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+    return fields[0] not in ("Z", "X")
 
 
 def send_signal(pid: int, sig: int, group: bool = True) -> None:

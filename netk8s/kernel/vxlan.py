@@ -103,28 +103,12 @@ def ensure_vtep(netns_name: str, dev: VtepDevice) -> str:
             raise KernelError(f"cannot set up {dev.name} in {netns_name}: {exc}") from None
 
 
-def own_neighbours(netns_name: str, dev_name: str) -> dict[ipaddress.IPv4Address, str]:
-    """Our (proto 77) neighbour entries on the device: VTEP address -> MAC."""
-    with netns.iproute(netns_name) as ipr:
-        index = _index(ipr, netns_name, dev_name)
-        if index is None:
-            return {}
-        return _own_neighbours(ipr, index)
-
-
 def _own_neighbours(ipr: "IPRoute", index: int) -> dict[ipaddress.IPv4Address, str]:
     out: dict[ipaddress.IPv4Address, str] = {}
     for msg in ipr.get_neighbours(family=_AF_INET, ifindex=index):
         if msg.get_attr("NDA_PROTOCOL") == RTPROT_NETK8S and msg.get_attr("NDA_LLADDR"):
             out[ipaddress.IPv4Address(msg.get_attr("NDA_DST"))] = str(msg.get_attr("NDA_LLADDR")).lower()
     return out
-
-
-def fdb_entries(netns_name: str, dev_name: str) -> list[tuple[str, ipaddress.IPv4Address]]:
-    """Every (MAC, remote IP) FDB entry of the device, ours or not."""
-    with netns.iproute(netns_name) as ipr:
-        index = _index(ipr, netns_name, dev_name)
-        return [] if index is None else _fdb(ipr, index)
 
 
 def _fdb(ipr: "IPRoute", index: int) -> list[tuple[str, ipaddress.IPv4Address]]:
