@@ -53,7 +53,10 @@ from netk8s.topology.schema import ProxyMode
 __all__ = [
     "ProxyMode",
     "ServiceKey",
+    "group_ports",
+    "port_order",
     "service_key",
+    "service_order",
     "ProxyState",
     "SyncResult",
     "RuleSet",
@@ -84,12 +87,8 @@ class ProxyState:
     @classmethod
     def of(cls, service_ports: Sequence[ServicePort],
            endpoints: Mapping[str, Sequence[Endpoint]]) -> "ProxyState":
-        ports = tuple(sorted(set(service_ports), key=lambda p: (p.namespace, p.name, p.port_name,
-                                                                 p.protocol.value)))
+        ports = tuple(sorted(set(service_ports), key=port_order))
         return cls(ports, {spn: tuple(eps) for spn, eps in endpoints.items()})
-
-    def endpoints_of(self, sp: ServicePort) -> tuple[Endpoint, ...]:
-        return tuple(self.endpoints.get(sp.service_port_name, ()))
 
     def ports_of(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, list[ServicePort]]:
         """The ports of each of ``keys`` that has any, found by bisection (``service_ports`` is sorted).
@@ -116,6 +115,24 @@ class ProxyState:
         for spn in sorted(self.endpoints):
             eps.setdefault(_spn_service(spn), []).append((spn, tuple(self.endpoints[spn])))
         return {key: (tuple(ports.get(key, ())), tuple(eps.get(key, ()))) for key in set(ports) | set(eps)}
+
+
+def service_order(key: ServiceKey) -> tuple[str, ...]:
+    """Services are laid out by (namespace, name), the order of their sorted ports."""
+    return tuple(key.split("/", 1))
+
+
+def port_order(sp: ServicePort) -> tuple[str, str, str, str]:
+    """The layout order of service ports: namespace, service name, port name, protocol."""
+    return (sp.namespace, sp.name, sp.port_name, sp.protocol.value)
+
+
+def group_ports(service_ports: Iterable[ServicePort]) -> dict[ServiceKey, list[ServicePort]]:
+    """Service ports (de-duplicated) by service, in layout order (``port_order``)."""
+    grouped: dict[ServiceKey, list[ServicePort]] = {}
+    for sp in sorted(set(service_ports), key=port_order):
+        grouped.setdefault(service_key(sp), []).append(sp)
+    return grouped
 
 
 def changed_services(old: ProxyState | None, new: ProxyState) -> frozenset[ServiceKey]:

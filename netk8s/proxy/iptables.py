@@ -45,10 +45,8 @@ kube-proxy's jump rules from the built-in chains are missing
 
 from __future__ import annotations
 
-import base64
 import bisect
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -59,7 +57,17 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from netk8s.proxy import hashing
-from netk8s.proxy.backend import ProxyMode, ProxyState, RuleBackend, ServiceKey, SyncResult, service_key
+from netk8s.proxy.backend import (
+    ProxyMode,
+    ProxyState,
+    RuleBackend,
+    ServiceKey,
+    SyncResult,
+    group_ports,
+    port_order,
+    service_key,
+)
+from netk8s.proxy.hashing import endpoint_chain, port_proto_hash, service_chain
 from netk8s.proxy.model import Endpoint, ProxyConfig, ServicePort, categorize_endpoints
 from netk8s.proxy.trace import Packet, TraceResult, trace_iptables
 
@@ -78,11 +86,11 @@ KUBE_POSTROUTING = "KUBE-POSTROUTING"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_FIREWALL = "KUBE-FIREWALL"  # the kubelet's chain; kube-proxy writes the same localnet guard into it
 
-SVC_PREFIX = "KUBE-SVC-"
+SVC_PREFIX = hashing.SERVICE_CHAIN_PREFIX
 SVL_PREFIX = "KUBE-SVL-"
 EXT_PREFIX = "KUBE-EXT-"
 FW_PREFIX = "KUBE-FW-"
-SEP_PREFIX = "KUBE-SEP-"
+SEP_PREFIX = hashing.ENDPOINT_CHAIN_PREFIX
 
 # Base chains, in the order kube-proxy declares them in each table.
 FILTER_BASE_CHAINS = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
@@ -103,36 +111,6 @@ _REJECT = "REJECT --reject-with icmp-port-unreachable"  # how iptables-save prin
 def is_service_chain(chain: str) -> bool:
     """True for per-service chains kube-proxy creates and garbage-collects."""
     return chain.startswith(SERVICE_CHAIN_PREFIXES)
-
-
-def _hash16(text: str) -> str:
-    """``netk8s.proxy.hashing``'s first 16 base32 characters of sha256(text), computed faster.
-
-    base32 encodes each 5 bytes into 8 characters independently, so the
-    first 16 characters are those of the digest's first 10 bytes; encoding
-    only those is ~3x cheaper (base64.b32encode is pure Python), which
-    matters when a first sync names 30,000 chains. Tested equal to
-    ``netk8s.proxy.hashing``.
-    """
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode("ascii")
-
-
-# Chain names are hashes of stable inputs, needed again at every sync: cache them (bounded).
-@functools.lru_cache(maxsize=1 << 16)
-def port_proto_hash(service_port_name: str, protocol: str) -> str:
-    """See ``netk8s.proxy.hashing.port_proto_hash``."""
-    return _hash16(service_port_name + protocol)
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def endpoint_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
-    """``KUBE-SEP-<hash>`` (see ``netk8s.proxy.hashing.endpoint_chain``)."""
-    return hashing.ENDPOINT_CHAIN_PREFIX + _hash16(service_port_name + protocol + endpoint)
-
-
-def service_chain(service_port_name: str, protocol: str) -> str:
-    """``KUBE-SVC-<hash>``: the endpoints for Cluster traffic policy."""
-    return SVC_PREFIX + port_proto_hash(service_port_name, protocol)
 
 
 def svl_chain(service_port_name: str, protocol: str) -> str:
@@ -557,20 +535,16 @@ class ServiceRules:
                    {k: tuple(v) for k, v in rules.items()})
 
 
-def _port_order(sp: ServicePort) -> tuple[str, str, str, str]:
-    return (sp.namespace, sp.name, sp.port_name, sp.protocol.value)
-
-
 def service_inputs(ports: Sequence[ServicePort], endpoints: Mapping[str, Sequence[Endpoint]]) -> object:
     """What a service's rules depend on: its ports (sorted) and their endpoints; equal inputs, equal rules."""
-    ordered = tuple(sorted(set(ports), key=_port_order))
+    ordered = tuple(sorted(set(ports), key=port_order))
     return ordered, tuple(tuple(endpoints.get(sp.service_port_name, ())) for sp in ordered)
 
 
 def render_service(ports: Sequence[ServicePort], endpoints: Mapping[str, Sequence[Endpoint]],
                    config: ProxyConfig, with_chain_rules: bool = True) -> ServiceRules:
     """All ports of one service (a port name + protocol seen twice is rendered once)."""
-    ordered = sorted(set(ports), key=_port_order)
+    ordered = sorted(set(ports), key=port_order)
     if not ordered:
         raise ValueError("render_service needs at least one service port")
     seen: set[tuple[str, str]] = set()
@@ -584,14 +558,6 @@ def render_service(ports: Sequence[ServicePort], endpoints: Mapping[str, Sequenc
     first = ordered[0]
     return ServiceRules.of(service_key(first), (first.namespace, first.name), rendered,
                            service_inputs(ordered, endpoints))
-
-
-def group_ports(service_ports: Iterable[ServicePort]) -> dict[ServiceKey, list[ServicePort]]:
-    """Service ports by service, in layout order (namespace, name, port name, protocol)."""
-    grouped: dict[ServiceKey, list[ServicePort]] = {}
-    for sp in sorted(set(service_ports), key=_port_order):
-        grouped.setdefault(service_key(sp), []).append(sp)
-    return grouped
 
 
 class ServiceTable:
@@ -706,9 +672,6 @@ class RenderResult:
     def written_chain_count(self) -> int:
         """Per-service chains declared (and so rewritten) by the payload."""
         return len(self.written_chains)
-
-    def service_chains_written(self) -> dict[ServiceKey, tuple[str, ...]]:
-        return {k: v.chains for k, v in self.services.items() if k in self.written_services}
 
 
 def _stale(existing: Mapping[str, set[str]] | None, table: str, kept: set[str]) -> tuple[str, ...]:

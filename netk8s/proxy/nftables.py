@@ -64,7 +64,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from netk8s.proxy.backend import ProxyMode, ProxyState, ServiceKey, SyncResult, service_key
+from netk8s.proxy.backend import ProxyMode, ProxyState, ServiceKey, SyncResult, group_ports, service_order
 from netk8s.proxy.model import Endpoint, ProxyConfig, ServicePort, categorize_endpoints
 from netk8s.proxy.trace import Packet, TraceResult
 
@@ -226,7 +226,6 @@ SYNCED_CONTAINERS: tuple[Container, ...] = (
     CLUSTER_IPS_SET, SERVICE_IPS_MAP, FIREWALL_IPS_MAP, NO_ENDPOINT_SERVICES_MAP, NO_ENDPOINT_NODEPORTS_MAP,
     SERVICE_NODEPORTS_MAP,
 )
-_CONTAINERS_BY_NAME = {c.name: c for c in (*SYNCED_CONTAINERS, NODEPORT_IPS_SET)}
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -333,11 +332,6 @@ class ServiceObjects:
 ClaimKey = tuple[str, tuple[str, ...]]  # (container name, element key)
 
 
-def service_order(key: ServiceKey) -> tuple[str, ...]:
-    """Services are laid out by (namespace, name), the order of their sorted ports."""
-    return tuple(key.split("/", 1))
-
-
 @dataclass(frozen=True)
 class DesiredState:
     """The per-service part of the table, keyed by service (``namespace/name``, the unit of partial syncs).
@@ -408,10 +402,7 @@ class NftablesOptions:
 def build(service_ports: Iterable[ServicePort], endpoints: Mapping[str, Sequence[Endpoint]], config: ProxyConfig,
           options: NftablesOptions = NftablesOptions()) -> DesiredState:
     """The desired per-service chains, affinity sets and elements (kube-proxy's syncProxyRules loop)."""
-    grouped: dict[ServiceKey, list[ServicePort]] = {}
-    for sp in sorted(set(service_ports), key=lambda p: (p.namespace, p.name, p.port_name, p.protocol.value)):
-        grouped.setdefault(service_key(sp), []).append(sp)
-    services = {key: service_objects(ports, endpoints, config) for key, ports in grouped.items()}
+    services = {key: service_objects(ports, endpoints, config) for key, ports in group_ports(service_ports).items()}
     return DesiredState(services, nodeport_ips(config, options))
 
 
@@ -595,10 +586,6 @@ def _add_chain(name: str) -> list[str]:
 
 def _rule(chain: str, rule: str) -> str:
     return f"add rule {_T} {chain} {rule}"
-
-
-def _add_element(container: str, element: Element) -> str:
-    return f"add element {_T} {container} {{ {element.text()} }}"
 
 
 def _add_elements(container: str, elements: Sequence[Element]) -> str:
@@ -821,7 +808,7 @@ def _service_lines(services: Iterable[ServiceObjects]) -> list[str]:
         for name in objs.chains:
             early += _add_chain(name)
         for name, rules in objs.chains.items():
-            (early if any("{" in r for r in rules) else late).extend(_rule(name, r) for r in rules)
+            (early if _binds_anonymous_set(rules) else late).extend(_rule(name, r) for r in rules)
     return early + late
 
 
@@ -1137,7 +1124,8 @@ class NftablesRuleSet:
                 holders = claims.get((container, element.key), ())
                 if key not in holders:
                     claims[(container, element.key)] = tuple(sorted((*holders, key), key=service_order))
-        return DesiredState(services, nodeport_ips(self.config, self.options), claims_index=claims)
+        # config and options are fixed for the ruleset: the nodeport addresses are the previous ones.
+        return DesiredState(services, previous.nodeport_ips, claims_index=claims)
 
     def _delete_pending(self) -> int:
         """Delete the waiting stale chains in their own transaction; the number deleted (0 if it failed)."""

@@ -5,10 +5,9 @@ API server and keeps one node namespace's rules in step with them. Every
 change schedules a sync; bursts coalesce and syncs are spaced at least
 ``min_sync_interval`` apart (kube-proxy's minSyncPeriod).
 
-Each sync builds a ``ProxyState`` from the informer caches and compares it,
-service by service, with the state of the last successful sync
-(``changed_services``). It then calls ``RuleSet.sync`` (contract in
-``netk8s.proxy.backend``):
+Each sync builds a ``ProxyState`` from the informer caches and finds the
+services whose inputs differ from what the last successful sync applied (see
+below). It then calls ``RuleSet.sync`` (contract in ``netk8s.proxy.backend``):
 
 * **full** on the first sync, after any failed sync (a failed restore leaves
   the kernel in an unknown state) and when ``sync_period`` has passed since
@@ -22,8 +21,9 @@ Building the state costs O(change), not O(services): the informer
 handlers record which services' objects changed (a Service, or an
 EndpointSlice labelled with its name), and each sync converts only those
 (``ServiceInputs``) and reuses the rest; ``changed`` is computed the same way.
-At 10,000 services rebuilding everything (``current_state``, which full
-syncs still use) and diffing two whole states took ~0.5 s per sync.
+At 10,000 services rebuilding everything and diffing two whole states
+(``current_state`` and ``backend.changed_services``, kept as the reference
+that tests compare with) took ~0.5 s per sync.
 
 Counters for tests, status and benchmarks: ``sync_count`` (successful syncs),
 ``full_sync_count``, ``partial_sync_count``, ``skipped_sync_count``,
@@ -56,7 +56,7 @@ from netk8s.client.controller import Controller
 from netk8s.client.informer import Informer
 from netk8s.client.rest import ApiClient
 from netk8s.kernel.iptables import NetnsIptables
-from netk8s.proxy.backend import ProxyState, RuleBackend, RuleSet, ServiceKey, SyncResult
+from netk8s.proxy.backend import ProxyState, RuleBackend, RuleSet, ServiceKey, SyncResult, service_order
 from netk8s.proxy.iptables import IptablesRuleSet
 from netk8s.proxy.model import (
     SERVICE_NAME_LABEL,
@@ -79,10 +79,6 @@ def _resource(group: str, plural: str) -> ResourceType:
     if resource is None:
         raise LookupError(f"resource {plural}.{group or 'core'} is not in netk8s.api.resources")
     return resource
-
-
-def _service_order(key: ServiceKey) -> tuple[str, ...]:
-    return tuple(key.split("/", 1))
 
 
 Inputs = tuple[tuple[ServicePort, ...], tuple[tuple[str, tuple[Endpoint, ...]], ...]]
@@ -109,7 +105,7 @@ class ServiceInputs:
         """Replace one service's inputs (no ports and no endpoints: forget it)."""
         new_ports = tuple(sorted(set(ports), key=lambda p: (p.port_name, p.protocol.value)))
         new_eps = {spn: tuple(eps) for spn, eps in endpoints.items()}
-        order = _service_order(key)
+        order = service_order(key)
         had = key in self.ports
         if new_ports and not had:
             bisect.insort(self._order, order)

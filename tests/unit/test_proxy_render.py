@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import os
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+from test_proxy_trace import CONFIG as FEATURE_CONFIG
+from test_proxy_trace import small_cluster_state
 
 from netk8s.errors import ValidationError
-from netk8s.proxy import hashing
 from netk8s.proxy import iptables as ipt
 from netk8s.proxy.backend import ProxyState
 from netk8s.proxy.hashing import endpoint_chain, service_chain
@@ -25,8 +28,6 @@ from netk8s.proxy.model import (
     build_service_ports,
     categorize_endpoints,
 )
-from test_proxy_trace import CONFIG as FEATURE_CONFIG
-from test_proxy_trace import small_cluster_state
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy_iptables_small.txt"
 CONFIG = ProxyConfig("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.0.0/16"))
@@ -179,14 +180,19 @@ def test_probabilities_for_one_to_four_endpoints(count: int, kube: list[str], sa
         assert f'--comment "ns/svc:p -> {ep.address}"' in jumps[i]
 
 
+def _reference_hash(text: str) -> str:
+    """kube-proxy's scheme as written: the whole digest in base32, cut to 16 characters."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode("ascii")[:16]
+
+
 def test_fast_chain_hashes_equal_the_reference_scheme() -> None:
     for i in range(300):
         spn = f"ns-{i % 7}/svc-{i}:{'p' * (i % 5)}"
         for proto in ("tcp", "udp", "sctp"):
-            assert ipt.port_proto_hash(spn, proto) == hashing.port_proto_hash(spn, proto)
-            assert ipt.service_chain(spn, proto) == service_chain(spn, proto)
+            assert ipt.port_proto_hash(spn, proto) == _reference_hash(spn + proto)
+            assert ipt.service_chain(spn, proto) == "KUBE-SVC-" + _reference_hash(spn + proto)
             address = f"10.244.{i % 250}.{i % 199}:{8000 + i}"
-            assert ipt.endpoint_chain(spn, proto, address) == endpoint_chain(spn, proto, address)
+            assert ipt.endpoint_chain(spn, proto, address) == "KUBE-SEP-" + _reference_hash(spn + proto + address)
 
 
 def test_kube_probability_rejects_bad_index() -> None:
