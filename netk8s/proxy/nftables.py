@@ -38,8 +38,8 @@ rules as ``add chain X { ... }`` blocks and new elements as ``add map M {
 ... elements = { ... } }`` blocks, so that nft does not fetch the whole table
 first (``needs_full_cache``); a full sync binds each anonymous set while the
 transaction is still short and, when big, goes in chunks of services. The
-scripts' meaning is unchanged: ``expand_script`` writes block forms as one
-command per line, the form the tracer and the tests read.
+scripts' meaning is unchanged: ``expand_script`` (in ``nftables_trace``, whose
+parser expands scripts with it) writes block forms as one command per line.
 
 ``NftablesRuleSet`` is the sync driver the proxier calls (the ``RuleSet``
 contract in ``netk8s.proxy.backend``): it remembers the last applied state,
@@ -66,6 +66,7 @@ from typing import Iterable, Mapping, Protocol, Sequence
 
 from netk8s.proxy.backend import ProxyMode, ProxyState, ServiceKey, SyncResult, group_ports, service_order
 from netk8s.proxy.model import Endpoint, ProxyConfig, ServicePort, categorize_endpoints
+from netk8s.proxy.nftables_trace import expand_script, trace_nftables
 from netk8s.proxy.trace import Packet, TraceResult
 
 log = logging.getLogger(__name__)
@@ -667,65 +668,6 @@ def with_chain_deletes(tx: Transaction, chains: Iterable[str]) -> Transaction:
     return replace(tx, text=tx.text + extra, deleted_chains=tx.deleted_chains + todo, chunks=tuple(scripts))
 
 
-def _split_top(body: str, separator: str) -> list[str]:
-    """``body`` split at ``separator`` outside braces and double quotes, items stripped, empty ones dropped."""
-    items: list[str] = []
-    depth = 0
-    quoted = False
-    start = 0
-    for i, ch in enumerate(body):
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted and ch == "{":
-            depth += 1
-        elif not quoted and ch == "}":
-            depth -= 1
-        elif not quoted and depth == 0 and ch == separator:
-            items.append(body[start:i].strip())
-            start = i + 1
-    items.append(body[start:].strip())
-    return [item for item in items if item]
-
-
-_CHAIN_SPEC_WORDS = ("type ", "policy ", "comment ", "devices ", "flags ")
-
-
-def expand_script(script: str) -> str:
-    """``script`` with block forms written as one command per line (same effect, for readers and tracers).
-
-    ``add chain T X { rule ; rule ; }`` becomes ``add chain T X`` and one
-    ``add rule`` per rule (chain properties stay in the braces);
-    ``add set|map T X { ... ; elements = { a , b } ; }`` becomes the
-    declaration and one ``add element``. Other lines pass through.
-    """
-    out: list[str] = []
-    for line in script.splitlines():
-        words = line.split(None, 4)
-        if (len(words) < 5 or words[0] != "add" or words[1] not in ("chain", "set", "map")
-                or not line.rstrip().endswith("}")):
-            out.append(line)
-            continue
-        head_words, rest = words[:4], words[4]
-        name, _, body = rest.partition(" ")
-        body = body.strip()
-        if not body.startswith("{"):
-            out.append(line)
-            continue
-        items = _split_top(body[1:-1], ";")
-        prefix = " ".join(head_words)
-        if words[1] == "chain":
-            specs = [item for item in items if item.startswith(_CHAIN_SPEC_WORDS)]
-            rules = [item for item in items if not item.startswith(_CHAIN_SPEC_WORDS)]
-            out.append(f"{prefix} {name}" + (f" {{ {' ; '.join(specs)} ; }}" if specs else ""))
-            out += [f"add rule {head_words[2]} {head_words[3]} {name} {rule}" for rule in rules]
-        else:
-            specs = [item for item in items if not item.startswith("elements")]
-            elements = [item.split("=", 1)[1].strip() for item in items if item.startswith("elements")]
-            out.append(f"{prefix} {name}" + (f" {{ {' ; '.join(specs)} ; }}" if specs else ""))
-            out += [f"add element {head_words[2]} {head_words[3]} {name} {block}" for block in elements]
-    return "\n".join(out) + ("\n" if script.endswith("\n") else "")
-
-
 def setup_lines(config: ProxyConfig, options: NftablesOptions, nodeport_addresses: Sequence[IPv4Address],
                 recreate_base_chains: bool = False) -> list[str]:
     """Declare the table's fixed objects, flush them and refill their fixed rules (kube-proxy's setupNFTables)."""
@@ -1142,6 +1084,4 @@ class NftablesRuleSet:
         return self.backend.list_text()
 
     def trace(self, packet: Packet, local_addresses: set[IPv4Address]) -> TraceResult:
-        from netk8s.proxy.nftables_trace import trace_nftables
-
         return trace_nftables(self.backend.list_json(), packet, local_addresses)

@@ -723,6 +723,65 @@ def _braced(tokens: Sequence[str], start: int) -> list[str]:
     return list(tokens[start + 1:])
 
 
+def _split_top(body: str, separator: str) -> list[str]:
+    """``body`` split at ``separator`` outside braces and double quotes, items stripped, empty ones dropped."""
+    items: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    for i, ch in enumerate(body):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "{":
+            depth += 1
+        elif not quoted and ch == "}":
+            depth -= 1
+        elif not quoted and depth == 0 and ch == separator:
+            items.append(body[start:i].strip())
+            start = i + 1
+    items.append(body[start:].strip())
+    return [item for item in items if item]
+
+
+_CHAIN_SPEC_WORDS = ("type ", "policy ", "comment ", "devices ", "flags ")
+
+
+def expand_script(script: str) -> str:
+    """``script`` with block forms written as one command per line (same effect, for readers and tracers).
+
+    ``add chain T X { rule ; rule ; }`` becomes ``add chain T X`` and one
+    ``add rule`` per rule (chain properties stay in the braces);
+    ``add set|map T X { ... ; elements = { a , b } ; }`` becomes the
+    declaration and one ``add element``. Other lines pass through.
+    """
+    out: list[str] = []
+    for line in script.splitlines():
+        words = line.split(None, 4)
+        if (len(words) < 5 or words[0] != "add" or words[1] not in ("chain", "set", "map")
+                or not line.rstrip().endswith("}")):
+            out.append(line)
+            continue
+        head_words, rest = words[:4], words[4]
+        name, _, body = rest.partition(" ")
+        body = body.strip()
+        if not body.startswith("{"):
+            out.append(line)
+            continue
+        items = _split_top(body[1:-1], ";")
+        prefix = " ".join(head_words)
+        if words[1] == "chain":
+            specs = [item for item in items if item.startswith(_CHAIN_SPEC_WORDS)]
+            rules = [item for item in items if not item.startswith(_CHAIN_SPEC_WORDS)]
+            out.append(f"{prefix} {name}" + (f" {{ {' ; '.join(specs)} ; }}" if specs else ""))
+            out += [f"add rule {head_words[2]} {head_words[3]} {name} {rule}" for rule in rules]
+        else:
+            specs = [item for item in items if not item.startswith("elements")]
+            elements = [item.split("=", 1)[1].strip() for item in items if item.startswith("elements")]
+            out.append(f"{prefix} {name}" + (f" {{ {' ; '.join(specs)} ; }}" if specs else ""))
+            out += [f"add element {head_words[2]} {head_words[3]} {name} {block}" for block in elements]
+    return "\n".join(out) + ("\n" if script.endswith("\n") else "")
+
+
 def _from_script(text: str, family: str, table: str) -> NftRuleset:
     rs = NftRuleset(family, table)
     for number, raw in enumerate(text.splitlines(), 1):
@@ -871,7 +930,8 @@ def parse_ruleset(data: str | Mapping[str, Any], family: str = DEFAULT_FAMILY,
     first = next((ln.strip() for ln in stripped.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
     if first.startswith("table "):
         return _from_listing(stripped, family, table)
-    return _from_script(stripped, family, table)
+    # The renderer writes chains with their rules and sets with their elements as blocks: expand them first.
+    return _from_script(expand_script(stripped), family, table)
 
 
 # -- tracing ------------------------------------------------------------------------------------------
