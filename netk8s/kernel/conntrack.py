@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from typing import Callable
 
 from netk8s.api.network import Protocol
@@ -70,9 +71,10 @@ class ConntrackCleaner:
         self.deleted_total = 0
         self.failures = 0
 
-    def after_sync(self, old_state: ProxyStateLike | None, new_state: ProxyStateLike) -> list[ConntrackFilter]:
-        """Delete what ``plan_cleanup(old_state, new_state)`` names; returns the filters that were run."""
-        filters = plan_cleanup(old_state, new_state)
+    def after_sync(self, old_state: ProxyStateLike | None, new_state: ProxyStateLike,
+                   changed: Collection[str] | None = None) -> list[ConntrackFilter]:
+        """Delete what ``plan_cleanup(old_state, new_state, changed)`` names; returns the filters that were run."""
+        filters = plan_cleanup(old_state, new_state, changed)
         for flt in filters:
             try:
                 deleted = self._delete(self.netns_name, flt)

@@ -31,9 +31,10 @@ Counters for tests, status and benchmarks: ``sync_count`` (successful syncs),
 ``last_sync_time`` (Unix time of the last successful sync, skipped ones
 included: the rules were confirmed current) feeds the health server.
 
-``after_sync(old_state, new_state)``, when given, runs after every sync that
-applied rules (e.g. the conntrack clean-up of removed UDP endpoints); its
-errors are logged and never fail the sync.
+``after_sync(old_state, new_state, changed)``, when given, runs after every
+sync that applied rules (e.g. the conntrack clean-up of removed UDP
+endpoints); ``changed`` names the services whose inputs differ from what the
+previous sync applied. Its errors are logged and never fail the sync.
 
 The mode is chosen by passing a ``ruleset``; without one the proxier runs the
 iptables mode (``IptablesRuleSet``) on ``backend`` or, by default, on the
@@ -138,7 +139,8 @@ class Proxier(Controller):
     def __init__(self, client: ApiClient, config: ProxyConfig, netns_name: str, min_sync_interval: float = 0.05,
                  backend: RuleBackend | None = None, sync_period: float = 30.0,
                  ruleset: RuleSet | None = None,
-                 after_sync: Callable[[ProxyState | None, ProxyState], object] | None = None) -> None:
+                 after_sync: Callable[[ProxyState | None, ProxyState, frozenset[ServiceKey]], object] | None = None
+                 ) -> None:
         super().__init__(client)
         self.name = f"kube-proxy-{config.node_name}"
         self.config = config
@@ -287,7 +289,7 @@ class Proxier(Controller):
         if result is not None and self.after_sync is not None:
             # Before the sync counts as done, so waiting for a sync also waits for the clean-up.
             try:
-                self.after_sync(previous, state)
+                self.after_sync(previous, state, changed)
             except Exception:
                 log.exception("%s: after-sync hook failed", self.name)
         for key in self._unapplied:

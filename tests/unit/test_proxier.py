@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 from typing import Callable
 
 import pytest
+from test_proxy_trace import CONFIG, LOCAL_ADDRESSES, OTHER_LOCAL_POD, _pkt, small_cluster_state
 
 from netk8s.api.resources import by_plural
 from netk8s.client.rest import ApiClient
@@ -28,7 +29,6 @@ from netk8s.proxy.iptables import IptablesRuleSet
 from netk8s.proxy.model import Endpoint, Protocol, ServicePort
 from netk8s.proxy.proxier import Proxier
 from netk8s.proxy.trace import IptablesTables, Verdict
-from test_proxy_trace import CONFIG, LOCAL_ADDRESSES, OTHER_LOCAL_POD, _pkt, small_cluster_state
 
 
 class FakeKernel:
@@ -539,7 +539,7 @@ def test_proxier_after_sync_hook_and_last_sync_time(api_factory: Callable[..., A
     api = api_factory()
     calls: list[tuple[ProxyState | None, ProxyState]] = []
 
-    def hook(old: ProxyState | None, new: ProxyState) -> None:
+    def hook(old: ProxyState | None, new: ProxyState, changed: frozenset[str]) -> None:
         calls.append((old, new))
         if len(calls) == 2:
             raise RuntimeError("hook failure must not fail the sync")

@@ -262,6 +262,14 @@ def test_removed_frontends_clear_all_their_flows() -> None:
                           (None, 31777, None)}
 
 
+def test_plan_limited_to_the_changed_services_is_the_same_plan() -> None:
+    old = State((DNS, GAME), {DNS.service_port_name: eps(A, B), GAME.service_port_name: eps(A, port=7777)})
+    new = State((DNS, GAME), {DNS.service_port_name: eps(B), GAME.service_port_name: eps(A, port=7777)})
+    assert keys(plan_cleanup(old, new, only={"kube-system/dns"})) == keys(plan_cleanup(old, new)) != set()
+    assert plan_cleanup(old, new, only={"default/game"}) == []  # game is unchanged: nothing to look at
+    assert keys(plan_cleanup(None, new, only={"kube-system/dns", "default/game"})) == keys(plan_cleanup(None, new))
+
+
 def test_plan_accepts_the_proxiers_state_type() -> None:
     backend = pytest.importorskip("netk8s.proxy.backend")
     old = backend.ProxyState.of([DNS], {DNS.service_port_name: eps(A, B)})
