@@ -69,7 +69,7 @@ from netk8s.proxy.backend import (
 )
 from netk8s.proxy.hashing import endpoint_chain, port_proto_hash, service_chain
 from netk8s.proxy.model import Endpoint, ProxyConfig, ServicePort, categorize_endpoints
-from netk8s.proxy.trace import Packet, TraceResult, trace_iptables
+from netk8s.proxy.trace import LOOPBACK, Packet, TraceResult, trace_iptables
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,6 @@ NAT_BASE_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MA
 # Any other chain (KUBE-FIREWALL, CNI chains, ...) is never deleted.
 SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SEP_PREFIX, EXT_PREFIX, FW_PREFIX, "KUBE-XLB-", SVL_PREFIX)
 
-LOOPBACK = IPv4Network("127.0.0.0/8")
 NODEPORTS_COMMENT = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
 LOCALNET_COMMENT = "block incoming localnet connections"
 

@@ -26,18 +26,16 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, ip_network
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from netk8s.errors import ValidationError
-from netk8s.proxy.trace import Packet, TraceResult, Verdict
+from netk8s.proxy.trace import LOOPBACK, MAX_DEPTH, Packet, TraceResult, Verdict, sorted_endpoints
 
 __all__ = ["NftRuleset", "parse_ruleset", "trace_nftables"]
 
 DEFAULT_FAMILY = "ip"
 DEFAULT_TABLE = "kube-proxy"
-_MAX_DEPTH = 64
-_LOOPBACK = IPv4Network("127.0.0.0/8")
 _PROTO_NUMBERS = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp"}
 # Named chain priorities of the ip family (nft's "dstnat - 10" style).
 _PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
@@ -971,7 +969,7 @@ class _Tracer:
         return 0x4000
 
     def is_local(self, ip: IPv4Address) -> bool:
-        return ip in self.local or ip in _LOOPBACK
+        return ip in self.local or ip in LOOPBACK
 
     # -- matching
 
@@ -1041,8 +1039,8 @@ class _Tracer:
         chain = self.rs.chains.get(name)
         if chain is None:
             raise ValidationError(f"chain {name}", "jumped to, but the ruleset does not declare it")
-        if depth > _MAX_DEPTH:
-            raise ValidationError(f"chain {name}", f"more than {_MAX_DEPTH} nested jumps")
+        if depth > MAX_DEPTH:
+            raise ValidationError(f"chain {name}", f"more than {MAX_DEPTH} nested jumps")
         results: list[tuple[_State, _Flow]] = []
         work: list[tuple[int, _State]] = [(0, st)]
         while work:
@@ -1203,8 +1201,7 @@ def trace_nftables(ruleset_json_or_text: str | Mapping[str, Any], packet: Packet
         verdict = Verdict.REJECT
     else:
         verdict = Verdict.DROP
-    endpoints = sorted({s.endpoint for s in alive if s.endpoint is not None},
-                       key=lambda e: (IPv4Address(e.split(":")[0]), int(e.split(":")[1])))
+    endpoints = sorted_endpoints(s.endpoint for s in alive if s.endpoint is not None)
     masquerade = any(s.masquerade or s.mark & tracer.masq_mark for s in alive)
     path: list[str] = []
     seen: set[str] = set()
@@ -1213,4 +1210,4 @@ def trace_nftables(ruleset_json_or_text: str | Mapping[str, Any], packet: Packet
             if step not in seen:
                 seen.add(step)
                 path.append(step)
-    return TraceResult(verdict, tuple(endpoints), masquerade, tuple(path))
+    return TraceResult(verdict, endpoints, masquerade, tuple(path))

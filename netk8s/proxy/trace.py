@@ -35,6 +35,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable
 
 from netk8s.api.network import Protocol
 from netk8s.errors import ValidationError
@@ -379,7 +380,7 @@ def _parse_rule(chain: str, spec: str) -> _Rule:
 # -- walking ------------------------------------------------------------------------------------
 
 LOOPBACK = IPv4Network("127.0.0.0/8")
-_MAX_DEPTH = 64
+MAX_DEPTH = 64  # nested jumps a tracer follows before it calls the ruleset a loop
 
 
 class _Flow(Enum):
@@ -476,8 +477,8 @@ class _Walker:
         return [(s, policy if flow is _Flow.RETURN else flow) for s, flow in self._run(table, chain, st, 0)]
 
     def _run(self, table: str, chain: str, st: _State, depth: int) -> list[tuple[_State, _Flow]]:
-        if depth > _MAX_DEPTH:
-            raise ValidationError(f"{table}/{chain}", f"chain nesting deeper than {_MAX_DEPTH} (a loop?)")
+        if depth > MAX_DEPTH:
+            raise ValidationError(f"{table}/{chain}", f"chain nesting deeper than {MAX_DEPTH} (a loop?)")
         active = [st]
         finished: list[tuple[_State, _Flow]] = []
         for rule in self._rules(table, chain):
@@ -567,6 +568,11 @@ def _order(flows: set[_Flow]) -> Verdict:
     return Verdict.DROP
 
 
+def sorted_endpoints(addresses: Iterable[str]) -> tuple[str, ...]:
+    """``ip:port`` endpoints without repeats, by address then port (how both tracers report them)."""
+    return tuple(sorted(set(addresses), key=lambda a: (IPv4Address(a.rsplit(":", 1)[0]), int(a.rsplit(":", 1)[1]))))
+
+
 def trace_iptables(save_text: str, packet: Packet, local_addresses: set[IPv4Address]) -> TraceResult:
     """Follow ``packet`` through an ``iptables-save`` dump or restore payload (see the module docstring)."""
     tables = IptablesTables.parse(save_text)
@@ -601,7 +607,6 @@ def trace_iptables(save_text: str, packet: Packet, local_addresses: set[IPv4Addr
                     outcomes.append((st, flow))
     verdict = _order({flow for _, flow in outcomes})
     final = [st for st, flow in outcomes if flow.value == verdict.value]
-    endpoints = sorted({st.dnat for st in final if st.dnat},
-                       key=lambda a: (IPv4Address(a.rsplit(":", 1)[0]), int(a.rsplit(":", 1)[1])))
-    return TraceResult(verdict=verdict, endpoints=tuple(endpoints),
+    endpoints = sorted_endpoints(st.dnat for st in final if st.dnat)
+    return TraceResult(verdict=verdict, endpoints=endpoints,
                        masquerade=any(st.masquerade for st in final), path=tuple(walker.path))
