@@ -93,10 +93,6 @@ class Structure:
     map_type: str = ""                      # x-kubernetes-map-type of the structure itself
 
     @property
-    def short_name(self) -> str:
-        return self.name.rsplit(".", 1)[-1]
-
-    @property
     def required(self) -> list[str]:
         return sorted(f.name for f in self.fields.values() if f.required)
 
@@ -1061,11 +1057,6 @@ KINDS: dict[str, str] = {
     "NetworkPolicy": "io.k8s.api.networking.v1.NetworkPolicy",
     "Lease": "io.k8s.api.coordination.v1.Lease",
 }
-
-
-def structure(name: str) -> Structure:
-    """A structure by full name (``io.k8s.api.core.v1.PodSpec``)."""
-    return STRUCTURES[name]
 
 
 def kind_structure(kind: str) -> Structure | None:

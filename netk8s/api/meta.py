@@ -66,13 +66,6 @@ def key_of(obj: dict) -> str:
     return f"{ns}/{name_of(obj)}" if ns else name_of(obj)
 
 
-def resource_version_of(obj: dict) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
 def owner_reference(owner: dict, controller: bool = True) -> dict[str, Any]:
     return {
         "apiVersion": owner.get("apiVersion", ""),

@@ -479,11 +479,6 @@ _PRINTERS: dict[str, tuple[list[str], list[str], _RowFn]] = {
 }
 
 
-def printed_kinds() -> list[str]:
-    """Kinds with a dedicated printer; every other kind prints NAME and AGE."""
-    return sorted(_PRINTERS)
-
-
 def table(kind: str, objects: list[dict], wide: bool = False, with_namespace: bool = False,
           now: _dt.datetime | None = None) -> tuple[list[str], list[list[str]]]:
     """Headers and rows for ``kubectl get <kind>`` (``wide``: ``-o wide``; ``with_namespace``: ``-A``)."""

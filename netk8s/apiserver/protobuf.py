@@ -85,10 +85,6 @@ class Kind(Enum):
 
 _SCALARS = {Kind.STRING, Kind.BYTES, Kind.BOOL, Kind.INT32, Kind.INT64}
 _NUMERIC = {Kind.BOOL, Kind.INT32, Kind.INT64}
-_LEN_KINDS = {Kind.STRING, Kind.BYTES, Kind.MESSAGE, Kind.MAP, Kind.TIME, Kind.INT_OR_STRING,
-              Kind.QUANTITY}
-
-
 @dataclass(frozen=True)
 class FieldSpec:
     """One field of a message: its JSON name and how to decode it."""

@@ -55,9 +55,6 @@ class Informer:
         with self._lock:
             return self._cache.get(key)
 
-    def has_synced(self) -> bool:
-        return self._synced.is_set()
-
     def wait_synced(self, timeout: float = 30.0) -> bool:
         return self._synced.wait(timeout)
 

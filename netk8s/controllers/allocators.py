@@ -48,9 +48,6 @@ class IPAllocator:
         """Mark an address allocated without checks (rebuilding from the store)."""
         self._used.add(int(ip))
 
-    def is_allocated(self, ip: ipaddress.IPv4Address) -> bool:
-        return int(ip) in self._used
-
     def allocate(self, ip: ipaddress.IPv4Address | None = None) -> ipaddress.IPv4Address:
         if ip is not None:
             if not self.contains(ip):

@@ -95,9 +95,6 @@ class Backoff:
             return 0.0
         return max(event_time + self.get(key) - self.clock(), 0.0)
 
-    def reset(self, key: str) -> None:
-        self._entries.pop(key, None)
-
     def forget_prefix(self, prefix: str) -> None:
         for key in [k for k in self._entries if k.startswith(prefix)]:
             del self._entries[key]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from pathlib import Path
 
 from netk8s.cluster.state import StateDir
 from netk8s.errors import KernelError
@@ -73,20 +72,18 @@ class SandboxRuntime:
             if shutil.which(tool) is None:
                 raise KernelError(f"the `{tool}` command is missing (util-linux, coreutils); run `make setup`")
 
-    def start_pause(self, netns_path: str, hostname: str, record_as: str, log_path: Path | None = None
-                    ) -> RunningProcess:
+    def start_pause(self, netns_path: str, hostname: str, record_as: str) -> RunningProcess:
         """A pause process in ``netns_path`` holding a new UTS namespace named ``hostname``."""
         argv = ["nsenter", f"--net={netns_path}", "--", "unshare", "--uts", "--",
                 "sh", "-c", _PAUSE_SCRIPT, hostname]
-        proc = self.runtime.start(None, argv, {}, log_path, record_as)
+        proc = self.runtime.start(None, argv, {}, None, record_as)
         deadline = time.monotonic() + PAUSE_READY_TIMEOUT
         # Ready once it has exec'd sleep: the hostname is set by then.
         while _comm(proc.pid) != "sleep":
             code = proc.poll()
             if code is not None:
                 self.runtime.reap(proc)
-                raise KernelError(f"the pause process for {record_as} exited with {code}"
-                                  + (f": {_tail(log_path)}" if log_path else ""))
+                raise KernelError(f"the pause process for {record_as} exited with {code}")
             if time.monotonic() > deadline:
                 self.runtime.stop(proc, 0)
                 raise KernelError(f"the pause process for {record_as} did not start within "
@@ -116,11 +113,3 @@ def _comm(pid: int) -> str:
     except OSError:
         return ""
 
-
-def _tail(path: Path | None) -> str:
-    if path is None:
-        return ""
-    try:
-        return path.read_text(errors="replace").strip().splitlines()[-1]
-    except (OSError, IndexError):
-        return ""

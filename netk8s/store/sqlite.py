@@ -98,10 +98,6 @@ class SQLiteStore:
                 items = [obj for key, obj in bucket.items() if key.startswith(prefix)]
             return items, self._revision
 
-    def count(self, prefix: str) -> int:
-        with self._lock:
-            return sum(1 for key in self._buckets.get(_bucket_of(prefix), {}) if key.startswith(prefix))
-
     # -- writes --------------------------------------------------------------
 
     def _stamp(self, obj: dict, revision: int) -> None:
