@@ -16,15 +16,24 @@ from typing import Any
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
+def format_time(moment: _dt.datetime) -> str:
+    """RFC 3339 timestamp with second precision in UTC, as metav1.Time marshals (``parse_time`` reads it)."""
+    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def now() -> str:
-    """RFC 3339 timestamp with second precision, as metav1.Time marshals."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current time as ``format_time`` writes it."""
+    return format_time(_dt.datetime.now(_dt.timezone.utc))
 
 
 def later(seconds: float) -> str:
-    """RFC 3339 timestamp ``seconds`` from now (deletionTimestamp of a graceful deletion)."""
-    moment = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``seconds`` from now, as ``format_time`` writes it (deletionTimestamp of a graceful deletion)."""
+    return format_time(_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=seconds))
+
+
+def is_terminating(obj: dict) -> bool:
+    """True once the object has a deletionTimestamp (graceful deletion or finalizers pending)."""
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def parse_time(value: str | None) -> _dt.datetime | None:

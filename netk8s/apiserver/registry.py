@@ -227,7 +227,7 @@ class Registry:
         try:
             subscription = self.store.watch(prefix, since, on_event)
         except TooOldError as exc:
-            raise st.gone(f"too old resource version: {exc.requested} ({exc.oldest})") from None
+            raise st.gone(str(exc)) from None
         return subscription.cancel
 
     # -- writes ----------------------------------------------------------------
@@ -264,7 +264,7 @@ class Registry:
             return
         ns = self.store.get(NAMESPACES.storage_key(namespace))
         if ns is None:
-            raise st.namespace_not_found(namespace)
+            raise st.not_found(NAMESPACES, namespace)
         if (ns.get("status") or {}).get("phase") == "Terminating":
             raise st.StatusError(403, "Forbidden",
                                  f'unable to create new content in namespace {namespace} because it is being '

@@ -48,10 +48,6 @@ def not_found(resource: ResourceType, name: str) -> StatusError:
     return StatusError(404, "NotFound", f'{resource.group_resource} "{name}" not found', _details(resource, name))
 
 
-def namespace_not_found(name: str) -> StatusError:
-    return StatusError(404, "NotFound", f'namespaces "{name}" not found', {"name": name, "kind": "namespaces"})
-
-
 def already_exists(resource: ResourceType, name: str) -> StatusError:
     return StatusError(409, "AlreadyExists", f'{resource.group_resource} "{name}" already exists',
                        _details(resource, name))

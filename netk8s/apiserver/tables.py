@@ -14,6 +14,7 @@ Pure functions: no HTTP here.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -121,8 +122,12 @@ def column_info(kind: str, header: str) -> ColumnInfo:
     return ColumnInfo(name, ColumnType.STRING, "")
 
 
+@functools.lru_cache(maxsize=None)
 def column_definitions(resource: ResourceType) -> list[dict[str, Any]]:
-    """The Table columnDefinitions of a resource: wide-only columns have priority 1."""
+    """The Table columnDefinitions of a resource: wide-only columns have priority 1.
+
+    Fixed per resource and asked for by every list and table watch event: computed once (do not modify).
+    """
     narrow, _ = table(resource.kind, [], wide=False)
     wide, _ = table(resource.kind, [], wide=True)
     out = []

@@ -535,10 +535,6 @@ def replicaset_view(rs: dict, pods: list[dict], min_ready_seconds: int, now: _dt
 # -- status and conditions -------------------------------------------------------------------
 
 
-def _stamp(moment: _dt.datetime) -> str:
-    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def find_condition(status: dict, cond_type: ConditionType) -> dict | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == cond_type.value:
@@ -548,7 +544,7 @@ def find_condition(status: dict, cond_type: ConditionType) -> dict | None:
 
 def new_condition(cond_type: ConditionType, status: str, reason: Reason | str, message: str,
                   now: _dt.datetime) -> dict:
-    stamp = _stamp(now)
+    stamp = meta.format_time(now)
     return {"type": cond_type.value, "status": status, "lastUpdateTime": stamp, "lastTransitionTime": stamp,
             "reason": reason.value if isinstance(reason, Reason) else reason, "message": message}
 

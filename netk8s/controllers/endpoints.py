@@ -271,10 +271,6 @@ def subsets_equal(current: list[dict] | None, desired: list[dict]) -> bool:
 # -- trigger time ---------------------------------------------------------------------------------
 
 
-def _parse(value: str | None) -> _dt.datetime | None:
-    return meta.parse_time(value)
-
-
 @dataclass
 class _ServiceTriggers:
     pods: dict[str, _dt.datetime] = field(default_factory=dict)
@@ -302,14 +298,14 @@ class TriggerTimeTracker:
         earliest: _dt.datetime | None = None
         for pod in pods:
             ready = meta.get_condition(pod, "Ready")
-            moved = _parse((ready or {}).get("lastTransitionTime"))
+            moved = meta.parse_time((ready or {}).get("lastTransitionTime"))
             if moved is None:
                 continue
             state.pods[meta.name_of(pod)] = moved
             before = previous.pods.get(meta.name_of(pod))
             if before is None or moved > before:
                 earliest = moved if earliest is None else min(earliest, moved)
-        created = _parse((service.get("metadata") or {}).get("creationTimestamp"))
+        created = meta.parse_time((service.get("metadata") or {}).get("creationTimestamp"))
         state.service = created
         if created is not None and (previous.service is None or created > previous.service):
             earliest = created if earliest is None else min(earliest, created)
@@ -320,10 +316,6 @@ class TriggerTimeTracker:
     def forget(self, key: str) -> None:
         with self._lock:
             self._states.pop(key, None)
-
-
-def _format_time(value: _dt.datetime) -> str:
-    return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- the controller --------------------------------------------------------------------------------
@@ -412,7 +404,7 @@ class EndpointsController(Controller):
         md["labels"] = labels
         annotations = dict(md.get("annotations") or {})
         if trigger is not None:
-            annotations[TRIGGER_TIME_ANNOTATION] = _format_time(trigger)
+            annotations[TRIGGER_TIME_ANNOTATION] = meta.format_time(trigger)
         else:
             annotations.pop(TRIGGER_TIME_ANNOTATION, None)
         if truncated:

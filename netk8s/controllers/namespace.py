@@ -71,12 +71,8 @@ def deletion_order(resources: tuple[ResourceType, ...] = RESOURCES) -> list[Reso
     return [r for r in namespaced if r is not EVENTS] + [r for r in namespaced if r is EVENTS]
 
 
-def is_terminating(ns: dict) -> bool:
-    return bool((ns.get("metadata") or {}).get("deletionTimestamp"))
-
-
 def needs_finalizing(ns: dict) -> bool:
-    return is_terminating(ns) and FINALIZER in ((ns.get("spec") or {}).get("finalizers") or [])
+    return meta.is_terminating(ns) and FINALIZER in ((ns.get("spec") or {}).get("finalizers") or [])
 
 
 def finalized(ns: dict) -> dict:

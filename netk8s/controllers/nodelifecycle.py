@@ -88,11 +88,6 @@ def utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def format_time(when: _dt.datetime) -> str:
-    """metav1.Time: second precision, UTC."""
-    return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # -- health -------------------------------------------------------------------------------
 
 
@@ -133,7 +128,7 @@ def unknown_conditions(node: dict, now: _dt.datetime) -> list[dict] | None:
     """The node's conditions as the controller writes them for a node that stopped posting
     status: every condition Unknown (a missing Ready added as never updated). None when
     they already are."""
-    stamp = format_time(now)
+    stamp = meta.format_time(now)
     conditions = (node.get("status") or {}).get("conditions") or []
     out: list[dict] = []
     changed = False
@@ -159,7 +154,7 @@ def unknown_conditions(node: dict, now: _dt.datetime) -> list[dict] | None:
 
 
 def unreachable_taints(now: _dt.datetime) -> list[dict]:
-    stamp = format_time(now)
+    stamp = meta.format_time(now)
     return [{"key": TAINT_UNREACHABLE, "effect": effect.value, "timeAdded": stamp}
             for effect in (TaintEffect.NO_SCHEDULE, TaintEffect.NO_EXECUTE)]
 
@@ -229,7 +224,7 @@ def eviction_time(pod: dict, taints: list[dict], eviction_timeout: float,
 def not_ready_pod_conditions(pod: dict, now: _dt.datetime) -> list[dict] | None:
     """The pod's conditions with Ready and ContainersReady False (reason NodeNotReady);
     None when there is nothing to change (already False, or not reported yet)."""
-    stamp = format_time(now)
+    stamp = meta.format_time(now)
     out: list[dict] = []
     changed = False
     for cond in (pod.get("status") or {}).get("conditions") or []:
@@ -239,10 +234,6 @@ def not_ready_pod_conditions(pod: dict, now: _dt.datetime) -> list[dict] | None:
             changed = True
         out.append(cond)
     return out if changed else None
-
-
-def is_terminating(obj: dict) -> bool:
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 # -- controller ---------------------------------------------------------------------------------
@@ -317,7 +308,7 @@ class NodeLifecycleController(Controller):
             self._evicted.discard(meta.uid_of(old or {}))
             return
         node_name = (new.get("spec") or {}).get("nodeName")
-        if not node_name or is_terminating(new):
+        if not node_name or meta.is_terminating(new):
             return
         node = self.nodes.get(node_name)
         if node is None:
@@ -407,7 +398,7 @@ class NodeLifecycleController(Controller):
         if not taints:
             return
         for pod in self._pods_on(meta.name_of(node)):
-            if is_terminating(pod) or meta.uid_of(pod) in self._evicted:
+            if meta.is_terminating(pod) or meta.uid_of(pod) in self._evicted:
                 continue
             when = eviction_time(pod, taints, self.eviction_timeout, now)
             if when is not None and when <= now:

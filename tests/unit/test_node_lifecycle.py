@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 import pytest
 
 from netk8s.api import meta
+from netk8s.api.meta import format_time
 from netk8s.api.resources import EVENTS, LEASES, NODES, PODS
 from netk8s.client.rest import ApiClient
 from netk8s.controllers.nodelifecycle import (
@@ -22,7 +23,6 @@ from netk8s.controllers.nodelifecycle import (
     add_taints,
     assess_health,
     eviction_time,
-    format_time,
     not_ready_pod_conditions,
     remove_taints,
     unknown_conditions,
