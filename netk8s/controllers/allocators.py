@@ -21,81 +21,42 @@ class AllocationError(Exception):
         self.reason = reason
 
 
-class IPAllocator:
-    """Addresses of one subnet, minus the network and broadcast addresses and
-    any reserved ones (the first host address is the ``kubernetes`` Service's)."""
+class _IntRange:
+    """Allocation state of the integers ``first..last``: what both Service allocators share.
 
-    def __init__(self, network: ipaddress.IPv4Network, reserved: Iterable[ipaddress.IPv4Address] = (),
-                 rng: random.Random | None = None) -> None:
-        self.network = network
-        self._first = int(network.network_address) + 1
-        self._last = int(network.broadcast_address) - 1
-        self._used: set[int] = {int(ip) for ip in reserved}
-        self._rng = rng or random.Random()
+    Only in-range values are kept, so ``free`` is a subtraction, not a scan.
+    """
 
-    @property
-    def size(self) -> int:
-        return max(self._last - self._first + 1, 0)
-
-    @property
-    def free(self) -> int:
-        return self.size - len([i for i in self._used if self._first <= i <= self._last])
-
-    def contains(self, ip: ipaddress.IPv4Address) -> bool:
-        return self._first <= int(ip) <= self._last
-
-    def occupy(self, ip: ipaddress.IPv4Address) -> None:
-        """Mark an address allocated without checks (rebuilding from the store)."""
-        self._used.add(int(ip))
-
-    def allocate(self, ip: ipaddress.IPv4Address | None = None) -> ipaddress.IPv4Address:
-        if ip is not None:
-            if not self.contains(ip):
-                raise AllocationError(
-                    f"provided IP is not in the valid range. The range of valid IPs is {self.network}")
-            if int(ip) in self._used:
-                raise AllocationError("provided IP is already allocated")
-            self._used.add(int(ip))
-            return ip
-        if self.free <= 0:
-            raise AllocationError("range is full", reason="Full")
-        # Random probing like kube-apiserver's bitmap allocator, then a scan.
-        for _ in range(64):
-            candidate = self._rng.randint(self._first, self._last)
-            if candidate not in self._used:
-                self._used.add(candidate)
-                return ipaddress.IPv4Address(candidate)
-        for candidate in range(self._first, self._last + 1):
-            if candidate not in self._used:
-                self._used.add(candidate)
-                return ipaddress.IPv4Address(candidate)
-        raise AllocationError("range is full", reason="Full")
-
-    def release(self, ip: ipaddress.IPv4Address) -> None:
-        self._used.discard(int(ip))
-
-
-class PortAllocator:
-    def __init__(self, first: int, last: int, rng: random.Random | None = None) -> None:
+    def __init__(self, first: int, last: int, rng: random.Random | None) -> None:
         self.first = first
         self.last = last
         self._used: set[int] = set()
         self._rng = rng or random.Random()
 
-    def occupy(self, port: int) -> None:
-        self._used.add(port)
+    @property
+    def size(self) -> int:
+        return max(self.last - self.first + 1, 0)
 
-    def allocate(self, port: int | None = None) -> int:
-        if port is not None:
-            if not self.first <= port <= self.last:
-                raise AllocationError(
-                    f"provided port is not in the valid range. The range of valid ports is {self.first}-{self.last}")
-            if port in self._used:
-                raise AllocationError("provided port is already allocated")
-            self._used.add(port)
-            return port
-        free = (self.last - self.first + 1) - len(self._used)
-        if free <= 0:
+    @property
+    def free(self) -> int:
+        return self.size - len(self._used)
+
+    def contains(self, value: int) -> bool:
+        return self.first <= value <= self.last
+
+    def occupy(self, value: int) -> None:
+        if self.contains(value):
+            self._used.add(value)
+
+    def take(self, value: int, what: str) -> None:
+        """Allocate ``value`` (in range) or raise "provided ``what`` is already allocated"."""
+        if value in self._used:
+            raise AllocationError(f"provided {what} is already allocated")
+        self._used.add(value)
+
+    def pick(self) -> int:
+        """A free value: random probing like kube-apiserver's bitmap allocator, then a scan."""
+        if self.free <= 0:
             raise AllocationError("range is full", reason="Full")
         for _ in range(64):
             candidate = self._rng.randint(self.first, self.last)
@@ -108,8 +69,68 @@ class PortAllocator:
                 return candidate
         raise AllocationError("range is full", reason="Full")
 
+    def release(self, value: int) -> None:
+        self._used.discard(value)
+
+
+class IPAllocator:
+    """Addresses of one subnet, minus the network and broadcast addresses and
+    any reserved ones (the first host address is the ``kubernetes`` Service's)."""
+
+    def __init__(self, network: ipaddress.IPv4Network, reserved: Iterable[ipaddress.IPv4Address] = (),
+                 rng: random.Random | None = None) -> None:
+        self.network = network
+        self._range = _IntRange(int(network.network_address) + 1, int(network.broadcast_address) - 1, rng)
+        for ip in reserved:
+            self._range.occupy(int(ip))
+
+    @property
+    def size(self) -> int:
+        return self._range.size
+
+    @property
+    def free(self) -> int:
+        return self._range.free
+
+    def contains(self, ip: ipaddress.IPv4Address) -> bool:
+        return self._range.contains(int(ip))
+
+    def occupy(self, ip: ipaddress.IPv4Address) -> None:
+        """Mark an address allocated without checks (rebuilding from the store)."""
+        self._range.occupy(int(ip))
+
+    def allocate(self, ip: ipaddress.IPv4Address | None = None) -> ipaddress.IPv4Address:
+        if ip is None:
+            return ipaddress.IPv4Address(self._range.pick())
+        if not self.contains(ip):
+            raise AllocationError(f"provided IP is not in the valid range. The range of valid IPs is {self.network}")
+        self._range.take(int(ip), "IP")
+        return ip
+
+    def release(self, ip: ipaddress.IPv4Address) -> None:
+        self._range.release(int(ip))
+
+
+class PortAllocator:
+    def __init__(self, first: int, last: int, rng: random.Random | None = None) -> None:
+        self.first = first
+        self.last = last
+        self._range = _IntRange(first, last, rng)
+
+    def occupy(self, port: int) -> None:
+        self._range.occupy(port)
+
+    def allocate(self, port: int | None = None) -> int:
+        if port is None:
+            return self._range.pick()
+        if not self._range.contains(port):
+            raise AllocationError(
+                f"provided port is not in the valid range. The range of valid ports is {self.first}-{self.last}")
+        self._range.take(port, "port")
+        return port
+
     def release(self, port: int) -> None:
-        self._used.discard(port)
+        self._range.release(port)
 
 
 class CIDRAllocator:
