@@ -39,10 +39,9 @@ from typing import Any, Mapping
 
 from netk8s.api import meta
 from netk8s.api.resources import ENDPOINTS, PODS, SERVICES
-from netk8s.api.selectors import LabelSelector
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ApiClient, ignore_not_found
-from netk8s.controllers.endpointslice import resolve_target_port
+from netk8s.controllers.endpointslice import resolve_target_port, selects
 from netk8s.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -179,12 +178,6 @@ def _subset_sort_key(subset: Mapping[str, Any]) -> tuple:
     addresses = tuple(_address_sort_key(a) for a in subset.get("addresses") or [])
     not_ready = tuple(_address_sort_key(a) for a in subset.get("notReadyAddresses") or [])
     return ports, addresses, not_ready
-
-
-def selects(service: dict, pod: dict) -> bool:
-    if meta.namespace_of(pod) != meta.namespace_of(service):
-        return False
-    return LabelSelector.from_map((service.get("spec") or {}).get("selector")).matches(meta.labels_of(pod))
 
 
 def desired_subsets(service: dict, pods: list[dict]) -> list[dict]:

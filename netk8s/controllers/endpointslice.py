@@ -17,7 +17,6 @@ from typing import Any
 
 from netk8s.api import meta
 from netk8s.api.resources import ENDPOINTSLICES, PODS, SERVICES
-from netk8s.api.selectors import LabelSelector
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ignore_not_found
 from netk8s.errors import ApiError
@@ -77,14 +76,26 @@ def _endpoint(pod: dict, publish_not_ready: bool) -> dict:
     return ep
 
 
+def selects(service: dict, pod: dict) -> bool:
+    """True if the Service's selector (a plain map; empty selects nothing) picks the pod in its namespace.
+
+    The same answer as ``LabelSelector.from_map(selector).matches(labels)``, without building a
+    selector: it runs for every Service on every pod event.
+    """
+    selector = (service.get("spec") or {}).get("selector")
+    if not selector or meta.namespace_of(pod) != meta.namespace_of(service):
+        return False
+    labels = meta.labels_of(pod)
+    return all(labels.get(key) == str(value) for key, value in selector.items())
+
+
 def desired_slices(service: dict, pods: list[dict]) -> list[tuple[tuple[SlicePort, ...], list[dict]]]:
     """(ports, endpoints) groups for a Service with a selector; sorted, endpoints by IP."""
     spec = service.get("spec") or {}
-    selector = LabelSelector.from_map(spec.get("selector"))
     publish_not_ready = bool(spec.get("publishNotReadyAddresses"))
     groups: dict[tuple[SlicePort, ...], list[dict]] = {}
     for pod in pods:
-        if meta.namespace_of(pod) != meta.namespace_of(service) or not selector.matches(meta.labels_of(pod)):
+        if not selects(service, pod):
             continue
         status = pod.get("status") or {}
         if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
@@ -122,9 +133,7 @@ class EndpointSliceController(Controller):
             if pod is None:
                 continue
             for svc in self.services.list():
-                if meta.namespace_of(svc) != meta.namespace_of(pod):
-                    continue
-                if LabelSelector.from_map((svc.get("spec") or {}).get("selector")).matches(meta.labels_of(pod)):
+                if selects(svc, pod):
                     self.queue.add(meta.key_of(svc))
 
     def _on_slice(self, event: str, old: dict | None, new: dict | None) -> None:
