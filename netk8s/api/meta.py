@@ -112,7 +112,11 @@ def condition_true(obj: dict, cond_type: str) -> bool:
 
 def set_condition(conditions: list[dict], cond_type: str, status: str, reason: str = "",
                   message: str = "", heartbeat: bool = False) -> list[dict]:
-    """Return ``conditions`` with ``cond_type`` set; the transition time moves only on change."""
+    """Return ``conditions`` with ``cond_type`` set; the transition time moves only on change.
+
+    ``reason`` and ``message`` replace the old ones (an empty one removes it), so a condition that
+    turns True does not keep the reason it was False for.
+    """
     stamp = now()
     out = []
     found = False
@@ -121,7 +125,8 @@ def set_condition(conditions: list[dict], cond_type: str, status: str, reason: s
             out.append(cond)
             continue
         found = True
-        new = dict(cond, status=status)
+        new = {k: v for k, v in cond.items() if k not in ("reason", "message")}
+        new["status"] = status
         if reason:
             new["reason"] = reason
         if message:

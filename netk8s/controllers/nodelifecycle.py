@@ -355,23 +355,21 @@ class NodeLifecycleController(Controller):
         return stored
 
     def _taint_unreachable(self, node: dict, now: _dt.datetime) -> dict:
-        taints = add_taints(node_taints(node), unreachable_taints(now))
-        if taints is None:
-            return node
-        updated = copy.deepcopy(node)
-        updated.setdefault("spec", {})["taints"] = taints
-        stored = self.client.update(NODES, updated)
-        log.info("node %s: added %s taints", meta.name_of(node), TAINT_UNREACHABLE)
-        return stored
+        return self._write_taints(node, add_taints(node_taints(node), unreachable_taints(now)),
+                                  f"added {TAINT_UNREACHABLE} taints")
 
     def _clear_unreachable(self, node: dict) -> dict:
-        taints = remove_taints(node_taints(node), TAINT_UNREACHABLE)
+        return self._write_taints(node, remove_taints(node_taints(node), TAINT_UNREACHABLE),
+                                  f"heartbeat resumed; removed {TAINT_UNREACHABLE} taints")
+
+    def _write_taints(self, node: dict, taints: list[dict] | None, done: str) -> dict:
+        """Store ``taints`` on the node (None: nothing changes); the stored node."""
         if taints is None:
             return node
         updated = copy.deepcopy(node)
         updated.setdefault("spec", {})["taints"] = taints
         stored = self.client.update(NODES, updated)
-        log.info("node %s: heartbeat resumed; removed %s taints", meta.name_of(node), TAINT_UNREACHABLE)
+        log.info("node %s: %s", meta.name_of(node), done)
         return stored
 
     def _mark_pods_not_ready(self, node_name: str, now: _dt.datetime) -> None:

@@ -250,14 +250,20 @@ def initialized_condition(spec: dict, init_statuses: list[dict], statuses: list[
     if any((s.get("state") or {}).get("running") or (s.get("state") or {}).get("terminated")
            or (s.get("lastState") or {}).get("terminated") for s in statuses):
         return _condition("Initialized", True)
+    message = _status_message(unknown, "incomplete", incomplete)
+    if message:
+        return _condition("Initialized", False, "ContainersNotInitialized", message)
+    return _condition("Initialized", True)
+
+
+def _status_message(unknown: list[str], label: str, others: list[str]) -> str:
+    """The kubelet's "containers with unknown status: [..], containers with <label> status: [..]"."""
     messages = []
     if unknown:
         messages.append(f"containers with unknown status: {_names(unknown)}")
-    if incomplete:
-        messages.append(f"containers with incomplete status: {_names(incomplete)}")
-    if messages:
-        return _condition("Initialized", False, "ContainersNotInitialized", ", ".join(messages))
-    return _condition("Initialized", True)
+    if others:
+        messages.append(f"containers with {label} status: {_names(others)}")
+    return ", ".join(messages)
 
 
 def containers_ready_condition(spec: dict, statuses: list[dict], phase: str, cond_type: str = "ContainersReady"
@@ -275,13 +281,9 @@ def containers_ready_condition(spec: dict, statuses: list[dict], phase: str, con
         return _condition(cond_type, False, "PodCompleted")
     if phase == "Failed":
         return _condition(cond_type, False, "PodFailed")
-    messages = []
-    if unknown:
-        messages.append(f"containers with unknown status: {_names(unknown)}")
-    if unready:
-        messages.append(f"containers with unready status: {_names(unready)}")
-    if messages:
-        return _condition(cond_type, False, "ContainersNotReady", ", ".join(messages))
+    message = _status_message(unknown, "unready", unready)
+    if message:
+        return _condition(cond_type, False, "ContainersNotReady", message)
     return _condition(cond_type, True)
 
 
@@ -289,17 +291,15 @@ def pod_conditions(spec: dict, phase: str, init_statuses: list[dict], statuses: 
                    sandbox_ready: bool, previous: list[dict] | None) -> list[dict]:
     """The kubelet-owned conditions merged into ``previous`` (transition times kept when unchanged)."""
     conditions = list(previous or [])
+    containers_ready = containers_ready_condition(spec, statuses, phase)
     wanted = [
         _condition("PodReadyToStartContainers", sandbox_ready),
         initialized_condition(spec, init_statuses, statuses, phase),
-        containers_ready_condition(spec, statuses, phase),
-        containers_ready_condition(spec, statuses, phase, "Ready"),
+        containers_ready,
+        dict(containers_ready, type="Ready"),  # the pod is Ready when its containers are (no readiness gates)
         _condition("PodScheduled", True),
     ]
     for cond in wanted:
         conditions = meta.set_condition(conditions, cond["type"], cond["status"], cond.get("reason", ""),
                                         cond.get("message", ""))
-        # set_condition keeps an old reason/message when given none: drop them for a clean True.
-        conditions = [{k: v for k, v in c.items() if k not in ("reason", "message") or cond.get(k)}
-                      if c.get("type") == cond["type"] else c for c in conditions]
     return conditions

@@ -138,3 +138,12 @@ def test_conditions_of_finished_pods() -> None:
     assert (done["Ready"]["status"], done["Ready"]["reason"]) == ("False", "PodCompleted")
     failed = {c["type"]: c for c in pod_conditions(sp, "Failed", [], [status("a", BAD)], True, None)}
     assert failed["ContainersReady"]["reason"] == "PodFailed"
+
+
+def test_set_condition_replaces_reason_and_message_when_the_status_turns() -> None:
+    from netk8s.api import meta
+
+    pending = meta.set_condition([], "PodScheduled", "False", "Unschedulable", "0/3 nodes are available")
+    bound = meta.set_condition(pending, "PodScheduled", "True")
+    assert bound[0]["status"] == "True" and "reason" not in bound[0] and "message" not in bound[0]
+    assert bound[0]["lastTransitionTime"]
