@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from netk8s.api import printers
+from netk8s.api import meta, printers
 from netk8s.kubelet.podstatus import (
     ContainerExit,
     ContainerRuntimeState,
@@ -141,8 +141,6 @@ def test_conditions_of_finished_pods() -> None:
 
 
 def test_set_condition_replaces_reason_and_message_when_the_status_turns() -> None:
-    from netk8s.api import meta
-
     pending = meta.set_condition([], "PodScheduled", "False", "Unschedulable", "0/3 nodes are available")
     bound = meta.set_condition(pending, "PodScheduled", "True")
     assert bound[0]["status"] == "True" and "reason" not in bound[0] and "message" not in bound[0]
