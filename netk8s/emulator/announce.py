@@ -165,21 +165,14 @@ def announced(netns_name: str) -> set[IPv4Address]:
             family=_AF_INET, proto=RTPROT_NETK8S_LB, table=254) if msg["dst_len"] == 32 and msg.get_attr("RTA_DST")}
 
 
-def _index(ipr: object, netns_name: str, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)  # type: ignore[attr-defined]
-    if not found:
-        raise KernelError(f"no interface {ifname} in {netns_name}")
-    return int(found[0])
-
-
 def announce(netns_name: str, ifname: str, ip: IPv4Address) -> None:
     """Make the namespace answer ARP for ``ip`` on ``ifname``, then tell the segment (gratuitous ARP)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     netns.write_sysctl(netns_name, f"net.ipv4.neigh.{ifname}.proxy_delay", 0)
     with netns.iproute(netns_name) as ipr:
-        index = _index(ipr, netns_name, ifname)
-        lo = _index(ipr, netns_name, "lo")
+        index = netns.link_index(ipr, netns_name, ifname)
+        lo = netns.link_index(ipr, netns_name, "lo")
         try:
             ipr.route("replace", dst=f"{ip}/32", oif=lo, proto=RTPROT_NETK8S_LB)
             ipr.neigh("replace", dst=str(ip), ifindex=index, flags=NTF_PROXY)
@@ -195,10 +188,10 @@ def withdraw(netns_name: str, ifname: str, ip: IPv4Address) -> None:
     if not netns.exists(netns_name):
         return
     with netns.iproute(netns_name) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
+        index = netns.find_link(ipr, ifname)
         try:
-            if found:
-                ipr.neigh("del", dst=str(ip), ifindex=int(found[0]), flags=NTF_PROXY)
+            if index is not None:
+                ipr.neigh("del", dst=str(ip), ifindex=index, flags=NTF_PROXY)
         except NetlinkError as exc:
             if exc.code != _ENOENT:
                 raise KernelError(f"cannot withdraw {ip} from {ifname} in {netns_name}: {exc}") from None

@@ -272,6 +272,20 @@ def iproute(name_or_path: str | None = None) -> Iterator["IPRoute"]:
         ipr.close()
 
 
+def find_link(ipr: "IPRoute", ifname: str) -> int | None:
+    """The index of interface ``ifname`` in ``ipr``'s namespace, or None when there is none."""
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def link_index(ipr: "IPRoute", netns_name: str, ifname: str) -> int:
+    """The index of interface ``ifname``; ``KernelError`` naming the namespace when it is missing."""
+    index = find_link(ipr, ifname)
+    if index is None:
+        raise KernelError(f"no interface {ifname} in {netns_name}")
+    return index
+
+
 def write_sysctl(name_or_path: str, key: str, value: str | int) -> None:
     """Set a per-namespace sysctl (``net.ipv4.ip_forward`` style key)."""
     path = "/proc/sys/" + key.replace(".", "/")

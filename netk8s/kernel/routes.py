@@ -49,19 +49,12 @@ class Route:
         return text + (" onlink" if self.onlink else "")
 
 
-def _index(ipr: "IPRoute", netns_name: str, dev: str) -> int:
-    found = ipr.link_lookup(ifname=dev)
-    if not found:
-        raise KernelError(f"no interface {dev} in {netns_name}")
-    return int(found[0])
-
-
 def _route_args(ipr: "IPRoute", netns_name: str, route: Route, proto: int) -> dict:
     args: dict = {"dst": str(route.dst), "proto": proto}
     if route.gateway is not None:
         args["gateway"] = str(route.gateway)
     if route.dev:
-        args["oif"] = _index(ipr, netns_name, route.dev)
+        args["oif"] = netns.link_index(ipr, netns_name, route.dev)
     if route.onlink:
         args["flags"] = RTNH_F_ONLINK
     return args

@@ -51,11 +51,6 @@ class VtepDevice:
     address: ipaddress.IPv4Interface  # <podCIDR network address>/32
 
 
-def _index(ipr: "IPRoute", netns_name: str, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
-
-
 def _matches(link: object, dev: VtepDevice, underlay_index: int) -> bool:
     info = link.get_attr("IFLA_LINKINFO")  # type: ignore[attr-defined]
     if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
@@ -72,11 +67,11 @@ def ensure_vtep(netns_name: str, dev: VtepDevice) -> str:
     from pyroute2.netlink.exceptions import NetlinkError
 
     with netns.iproute(netns_name) as ipr:
-        underlay = _index(ipr, netns_name, dev.underlay)
+        underlay = netns.find_link(ipr, dev.underlay)
         if underlay is None:
             raise KernelError(f"no underlay interface {dev.underlay} in {netns_name} for {dev.name}")
         underlay_mtu = int(ipr.get_links(underlay)[0].get_attr("IFLA_MTU"))
-        index = _index(ipr, netns_name, dev.name)
+        index = netns.find_link(ipr, dev.name)
         if index is not None and not _matches(ipr.get_links(index)[0], dev, underlay):
             # Like flanneld: a device with other VXLAN parameters is replaced, not patched.
             log.info("%s: %s has other VXLAN parameters; recreating it", netns_name, dev.name)
@@ -87,7 +82,7 @@ def ensure_vtep(netns_name: str, dev: VtepDevice) -> str:
                 ipr.link("add", ifname=dev.name, kind="vxlan", vxlan_id=dev.vni, vxlan_port=dev.port,
                          vxlan_local=str(dev.local), vxlan_link=underlay, vxlan_learning=0,
                          address=dev.mac, mtu=underlay_mtu - VXLAN_OVERHEAD)
-                index = _index(ipr, netns_name, dev.name)
+                index = netns.find_link(ipr, dev.name)
                 assert index is not None
                 log.info("%s: created %s (VNI %d, local %s, port %d)", netns_name, dev.name, dev.vni, dev.local,
                          dev.port)
@@ -126,7 +121,7 @@ def sync_overlay(netns_name: str, dev_name: str, routes: Sequence[Route],
     from pyroute2.netlink.exceptions import NetlinkError
 
     with netns.iproute(netns_name) as ipr:
-        index = _index(ipr, netns_name, dev_name)
+        index = netns.find_link(ipr, dev_name)
         if index is None:
             raise KernelError(f"no {dev_name} in {netns_name}")
         current_neigh = _own_neighbours(ipr, index)
