@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from netk8s.api.validation import is_dns1123_label
 from netk8s.errors import NotFoundError, UserError
+from netk8s.topology.schema import MAX_CLUSTER_NAME
 
 DEFAULT_STATE_ROOT = Path("/run/netk8s")
-NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME_LENGTH = 20
 
 
 def state_root() -> Path:
@@ -39,9 +38,10 @@ def state_root() -> Path:
 
 
 def check_cluster_name(name: str) -> str:
-    if not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH:
+    """``name`` if it is a valid cluster name (a DNS-1123 label of at most ``MAX_CLUSTER_NAME`` characters)."""
+    if not is_dns1123_label(name) or len(name) > MAX_CLUSTER_NAME:
         raise UserError(f"--name: invalid cluster name {name!r}: use lower-case letters, digits and '-', "
-                        f"start and end with a letter or digit, at most {MAX_NAME_LENGTH} characters")
+                        f"start and end with a letter or digit, at most {MAX_CLUSTER_NAME} characters")
     return name
 
 
