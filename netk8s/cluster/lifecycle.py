@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -124,15 +123,11 @@ def down(name: str) -> TeardownReport:
         record: ClusterRecord | None = state.read()
     except NetK8sError:
         record = None
-    if record is not None and daemon_alive(record):
-        os.kill(record.daemon_pid, signal.SIGTERM)
-        deadline = time.monotonic() + DAEMON_STOP_TIMEOUT
-        while time.monotonic() < deadline and daemon_alive(record):
-            time.sleep(0.1)
-        if daemon_alive(record):
-            log.warning("cluster daemon %d did not stop in %.0fs; killing it", record.daemon_pid,
-                        DAEMON_STOP_TIMEOUT)
-            procs.terminate(record.daemon_pid, record.daemon_start_time, grace=0, group=False)
+    if record is not None and record.daemon_pid:  # never signal pid 0 (our own process group)
+        asked = time.monotonic()
+        if procs.terminate(record.daemon_pid, record.daemon_start_time, grace=DAEMON_STOP_TIMEOUT, group=False) \
+                and time.monotonic() - asked >= DAEMON_STOP_TIMEOUT:
+            log.warning("cluster daemon %d did not stop in %.0fs; killed it", record.daemon_pid, DAEMON_STOP_TIMEOUT)
     report = teardown(state)
     shutil.rmtree(state.path, ignore_errors=True)
     return report
