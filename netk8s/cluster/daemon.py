@@ -95,10 +95,10 @@ class ClusterDaemon:
         # Pod networking: host-gw routes (nodes, external hosts, routers) or the VXLAN overlay (nodes;
         # external hosts route the pod subnet via a nearby node; routers carry only the underlay).
         vxlan = topo.networking_mode is NetworkingMode.VXLAN
+        plan = self.network.plan  # which segments each member is on
         for node in topo.nodes:
             ns = node_netns(topo.name, node.name)
             node_ip = topo.primary_address(node.name)
-            subnets = [iface.address.network for iface in topo.interfaces_of(node.name) if iface.address]
             kubelet = Kubelet(self.client, KubeletConfig(topo.name, node, node_ip, ns, self.state,
                                                          cni_plugin=topo.cni_plugin.plugin_type,
                                                          mtu=overlay_mtu(LINK_MTU) if vxlan else LINK_MTU,
@@ -109,17 +109,15 @@ class ClusterDaemon:
             if vxlan:
                 self._run(VxlanAgent(self.client, VxlanConfig.for_node(topo, node.name, ns)))
             else:
-                self._run(HostGwAgent(self.client, ns, node.name, subnets))
+                self._run(HostGwAgent(self.client, ns, node.name, plan.connected(node.name)))
             self._start_proxy(node.name, node_ip, ns)
         for host in topo.hosts:
             ns = node_netns(topo.name, host.name)
             if vxlan:
                 route_external_host(topo, host.name, ns)
             else:
-                subnets = [iface.address.network for iface in topo.interfaces_of(host.name) if iface.address]
-                self._run(HostGwAgent(self.client, ns, None, subnets))
+                self._run(HostGwAgent(self.client, ns, None, plan.connected(host.name)))
         if not vxlan:
-            plan = self.network.plan
             for router in topo.routers:
                 self._run(HostGwAgent(self.client, node_netns(topo.name, router.name), None,
                                       plan.connected(router.name), plan.router_routes.get(router.name)))
