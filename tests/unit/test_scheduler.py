@@ -95,6 +95,16 @@ def test_requests_sum_containers_and_max_init() -> None:
     assert (r.milli_cpu, r.memory, r.pods) == (1000, 64 * 1024 * 1024, 1)
 
 
+def test_requests_are_remembered_per_pod_version_only() -> None:
+    def stored(version: str, cpu: str) -> dict:
+        return {"metadata": {"uid": "u-cache", "resourceVersion": version},
+                "spec": {"containers": [{"resources": {"requests": {"cpu": cpu}}}]}}
+
+    assert pod_requests(stored("7", "100m")).milli_cpu == 100
+    assert pod_requests(stored("7", "100m"), non_zero=True).memory > 0  # the non-zero default, counted apart
+    assert pod_requests(stored("8", "300m")).milli_cpu == 300  # a new version is read again
+
+
 # -- message format ------------------------------------------------------------------------------
 
 
