@@ -332,7 +332,13 @@ class Registry:
     def update(self, resource: ResourceType, namespace: str | None, name: str, obj: Any,
                subresource: str | None = None, dry_run: bool = False, field_validation: str = "Warn",
                warnings: list[str] | None = None) -> dict:
-        obj = copy.deepcopy(self._check_type(resource, obj))
+        return self._update(resource, namespace, name, copy.deepcopy(self._check_type(resource, obj)), subresource,
+                            dry_run, field_validation, warnings)
+
+    def _update(self, resource: ResourceType, namespace: str | None, name: str, obj: dict,
+                subresource: str | None = None, dry_run: bool = False, field_validation: str = "Warn",
+                warnings: list[str] | None = None) -> dict:
+        """``update`` of an ``obj`` the caller hands over (a private copy it will not touch again)."""
         if subresource is None:
             obj = self._check_fields(resource, obj, field_validation, warnings)
         self._check_namespace(resource, namespace, obj)
@@ -374,8 +380,9 @@ class Registry:
     def _merge_for_update(self, resource: ResourceType, current: dict, incoming: dict,
                           subresource: str | None) -> dict:
         if subresource == "status":
-            new = copy.deepcopy(current)
-            new["status"] = incoming.get("status", {})
+            # Everything but the status from the stored object (its old status is not copied for nothing).
+            new = {k: incoming.get("status", {}) if k == "status" else copy.deepcopy(v) for k, v in current.items()}
+            new.setdefault("status", incoming.get("status", {}))
             return new
         if subresource == "finalize" and resource is NAMESPACES:
             new = copy.deepcopy(current)
@@ -431,7 +438,9 @@ class Registry:
         # A patch applies to the version it read unless it names one itself.
         body_rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
         patched.setdefault("metadata", {})["resourceVersion"] = body_rv or current["metadata"]["resourceVersion"]
-        return self.update(resource, namespace, name, patched, subresource, dry_run, field_validation, warnings)
+        # ``patched`` is already a private copy: no need for update's.
+        self._check_type(resource, patched)
+        return self._update(resource, namespace, name, patched, subresource, dry_run, field_validation, warnings)
 
     def delete(self, resource: ResourceType, namespace: str | None, name: str,
                propagation: str = "Background", preconditions: dict | None = None,
@@ -557,7 +566,7 @@ class Registry:
             new["metadata"]["finalizers"] = [f for f in finalizers if f != "foregroundDeletion"]
             if not new["metadata"]["finalizers"]:
                 del new["metadata"]["finalizers"]
-            self.update(owner_type, meta.namespace_of(owner) or None, meta.name_of(owner), new)
+            self._update(owner_type, meta.namespace_of(owner) or None, meta.name_of(owner), new)
 
     # -- scale subresource ---------------------------------------------------------------
 
@@ -579,7 +588,7 @@ class Registry:
         if expected and expected != current["metadata"]["resourceVersion"]:
             raise st.conflict(resource, name)
         current["spec"]["replicas"] = replicas
-        return _to_scale(self.update(resource, namespace, name, current, dry_run=dry_run))
+        return _to_scale(self._update(resource, namespace, name, current, dry_run=dry_run))
 
     def patch_scale(self, resource: ResourceType, namespace: str | None, name: str, content_type: str, body: Any,
                     dry_run: bool = False) -> dict:
