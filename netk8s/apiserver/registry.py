@@ -428,13 +428,7 @@ class Registry:
               subresource: str | None = None, dry_run: bool = False, field_validation: str = "Warn",
               warnings: list[str] | None = None) -> dict:
         current = self.get(resource, namespace, name)
-        try:
-            patched = apply_patch(content_type, copy.deepcopy(current), body, resource.kind)
-        except ValueError:
-            raise st.unsupported_media_type(content_type) from None
-        except PatchError as exc:
-            raise st.StatusError(422, "Invalid", f"the server rejected our request due to an error in our "
-                                 f"request: {exc}") from None
+        patched = _patched(content_type, copy.deepcopy(current), body, resource.kind)
         # A patch applies to the version it read unless it names one itself.
         body_rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
         patched.setdefault("metadata", {})["resourceVersion"] = body_rv or current["metadata"]["resourceVersion"]
@@ -593,13 +587,7 @@ class Registry:
     def patch_scale(self, resource: ResourceType, namespace: str | None, name: str, content_type: str, body: Any,
                     dry_run: bool = False) -> dict:
         scale = self.get_scale(resource, namespace, name)
-        try:
-            patched = apply_patch(content_type, scale, body)
-        except ValueError:
-            raise st.unsupported_media_type(content_type) from None
-        except PatchError as exc:
-            raise st.StatusError(422, "Invalid", f"the server rejected our request due to an error in our "
-                                 f"request: {exc}") from None
+        patched = _patched(content_type, scale, body)
         return self.update_scale(resource, namespace, name, patched, dry_run)
 
     # -- server-side apply -----------------------------------------------------------------
@@ -799,6 +787,17 @@ def _graceful_pod(resource: ResourceType, obj: dict) -> bool:
 
 _NOT_READY = "node.kubernetes.io/not-ready"
 _UNREACHABLE = "node.kubernetes.io/unreachable"
+
+
+def _patched(content_type: str, target: Any, body: Any, kind: str | None = None) -> Any:
+    """``apply_patch``, its errors as the API's: 415 for an unknown patch type, 422 for a bad patch."""
+    try:
+        return apply_patch(content_type, target, body, kind)
+    except ValueError:
+        raise st.unsupported_media_type(content_type) from None
+    except PatchError as exc:
+        raise st.StatusError(422, "Invalid", f"the server rejected our request due to an error in our "
+                             f"request: {exc}") from None
 
 
 def _add_default_tolerations(spec: dict, seconds: int) -> None:
