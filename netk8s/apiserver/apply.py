@@ -117,10 +117,14 @@ def remove_path(obj: Any, path: Path) -> None:
         parent[:] = [item for item in parent if not (isinstance(item, dict) and item.get(key) == value)]
 
 
-def conflicts(config: dict, live: dict, others: dict[str, set[Path]]) -> list[tuple[str, Path]]:
-    """(manager, path) for every field the config sets to a value another applier owns differently."""
+def conflicts(config: dict, live: dict, others: dict[str, set[Path]],
+              owned: set[Path] | None = None) -> list[tuple[str, Path]]:
+    """(manager, path) for every field the config sets to a value another applier owns differently.
+
+    ``owned``: ``set(field_paths(config))`` when the caller has it already.
+    """
     out = []
-    for path in leaves(set(field_paths(config))):
+    for path in leaves(owned if owned is not None else set(field_paths(config))):
         want = _lookup(config, path)
         have = _lookup(live, path)
         if have[0] and have[1] == want[1]:
@@ -154,10 +158,15 @@ def render_path(path: Path) -> str:
     return "".join(parts)
 
 
-def merge(live: dict, config: dict, previously_owned: set[Path], still_owned_by_others: set[Path]) -> dict:
-    """Live object with the config applied and the manager's dropped fields removed."""
+def merge(live: dict, config: dict, previously_owned: set[Path], still_owned_by_others: set[Path],
+          now_owned: set[Path] | None = None) -> dict:
+    """Live object with the config applied and the manager's dropped fields removed.
+
+    ``now_owned``: ``set(field_paths(config))`` when the caller has it already.
+    """
     result = strategic_merge_patch(live, {k: v for k, v in config.items() if k not in ("apiVersion", "kind")})
-    now_owned = set(field_paths(config))
+    if now_owned is None:
+        now_owned = set(field_paths(config))
     for path in sorted(leaves(previously_owned - now_owned), key=len, reverse=True):
         if path not in still_owned_by_others and not any(p[:len(path)] == path for p in now_owned):
             remove_path(result, path)

@@ -616,7 +616,7 @@ class Registry:
         managers = {m.get("manager", ""): ssa.from_fields_v1(m.get("fieldsV1") or {})
                     for m in live["metadata"].get("managedFields") or [] if m.get("operation") == "Apply"}
         previous = managers.pop(manager, set())
-        found = ssa.conflicts(config, live, managers)
+        found = ssa.conflicts(config, live, managers, owned)
         if found and not force:
             raise st.StatusError(409, "Conflict", ssa.conflict_message(found),
                                  {"causes": [{"reason": "FieldManagerConflict", "message": f'conflict with "{m}"',
@@ -625,7 +625,7 @@ class Registry:
         if force:  # forced fields change hands
             for m in managers:
                 managers[m] -= owned
-        merged = ssa.merge(live, config, previous, others)
+        merged = ssa.merge(live, config, previous, others, owned)
         kept = []
         for e in live["metadata"].get("managedFields") or []:
             other = e.get("manager", "")
