@@ -148,6 +148,22 @@ def set_condition(conditions: list[dict], cond_type: str, status: str, reason: s
     return out
 
 
+TAINT_NOT_READY = "node.kubernetes.io/not-ready"
+TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+
+
+def with_default_tolerations(tolerations: list[dict], seconds: float) -> list[dict]:
+    """``tolerations`` plus DefaultTolerationSeconds' NoExecute tolerations of the not-ready and
+    unreachable taints, for each key the pod does not tolerate already (that key or any key,
+    with no effect or NoExecute), as the admission plugin adds them."""
+    out = list(tolerations)
+    for key in (TAINT_NOT_READY, TAINT_UNREACHABLE):
+        if not any((t.get("key") or "") in ("", key) and (t.get("effect") or "") in ("", "NoExecute")
+                   for t in tolerations):
+            out.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
+    return out
+
+
 def toleration_tolerates(toleration: dict, taint: dict) -> bool:
     """core/v1 Toleration.ToleratesTaint: effect and key (when set) match, then the operator."""
     effect = toleration.get("effect") or ""

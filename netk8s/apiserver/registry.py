@@ -325,7 +325,10 @@ class Registry:
     def _prepare_create(self, resource: ResourceType, obj: dict) -> None:
         if resource.kind == "Pod":
             obj["status"] = {"phase": "Pending", "qosClass": _qos_class(obj.get("spec") or {})}
-            _add_default_tolerations(obj.get("spec") or {}, self.config.default_toleration_seconds)
+            # DefaultTolerationSeconds admission: tolerate not-ready/unreachable nodes for a while.
+            spec = obj.get("spec") or {}
+            spec["tolerations"] = meta.with_default_tolerations(spec.get("tolerations") or [],
+                                                                self.config.default_toleration_seconds)
         elif resource.kind in ("Deployment", "ReplicaSet"):
             obj["status"] = {}
 
@@ -785,8 +788,6 @@ def _graceful_pod(resource: ResourceType, obj: dict) -> bool:
     return resource is PODS and int((obj.get("metadata") or {}).get("deletionGracePeriodSeconds") or 0) > 0
 
 
-_NOT_READY = "node.kubernetes.io/not-ready"
-_UNREACHABLE = "node.kubernetes.io/unreachable"
 
 
 def _patched(content_type: str, target: Any, body: Any, kind: str | None = None) -> Any:
@@ -798,18 +799,6 @@ def _patched(content_type: str, target: Any, body: Any, kind: str | None = None)
     except PatchError as exc:
         raise st.StatusError(422, "Invalid", f"the server rejected our request due to an error in our "
                              f"request: {exc}") from None
-
-
-def _add_default_tolerations(spec: dict, seconds: int) -> None:
-    """DefaultTolerationSeconds admission: tolerate not-ready/unreachable nodes for a while."""
-    tolerations = spec.setdefault("tolerations", [])
-    for key in (_NOT_READY, _UNREACHABLE):
-        # Already tolerated: a toleration for this key (or any key, with Exists) covering NoExecute.
-        if any(t.get("effect") in (None, "", "NoExecute")
-               and (t.get("key") == key or (not t.get("key") and t.get("operator") == "Exists"))
-               for t in tolerations):
-            continue
-        tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
 
 
 def _drop_type_dependent_fields(current: dict, new: dict) -> None:

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], _dt.datetime]
 
-TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
-TAINT_NOT_READY = "node.kubernetes.io/not-ready"
+TAINT_UNREACHABLE = meta.TAINT_UNREACHABLE
+TAINT_NOT_READY = meta.TAINT_NOT_READY
+with_default_tolerations = meta.with_default_tolerations  # the pods the API server admitted have these already
 
 REASON_STATUS_UNKNOWN = "NodeStatusUnknown"
 MESSAGE_STATUS_UNKNOWN = "Kubelet stopped posting node status."
@@ -181,22 +182,6 @@ def node_taints(node: dict) -> list[dict]:
 
 
 # -- tolerations and eviction ----------------------------------------------------------------
-
-
-def _tolerates_no_execute_key(toleration: dict, key: str) -> bool:
-    return (toleration.get("key") or "") in ("", key) and \
-        (toleration.get("effect") or "") in ("", TaintEffect.NO_EXECUTE.value)
-
-
-def with_default_tolerations(tolerations: list[dict], eviction_timeout: float) -> list[dict]:
-    """``tolerations`` plus the API server's default NoExecute tolerations for the
-    not-ready and unreachable taints, for each the pod does not tolerate already."""
-    out = list(tolerations)
-    for key in (TAINT_NOT_READY, TAINT_UNREACHABLE):
-        if not any(_tolerates_no_execute_key(tol, key) for tol in tolerations):
-            out.append({"key": key, "operator": "Exists", "effect": TaintEffect.NO_EXECUTE.value,
-                        "tolerationSeconds": eviction_timeout})
-    return out
 
 
 def eviction_time(pod: dict, taints: list[dict], eviction_timeout: float,

@@ -51,8 +51,8 @@ DEFAULT_MEMORY_REQUEST = 200 * 1024 * 1024
 MAX_NODE_SCORE = 100
 
 TAINT_UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
-TAINT_NOT_READY = "node.kubernetes.io/not-ready"
-TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+TAINT_NOT_READY = meta.TAINT_NOT_READY
+TAINT_UNREACHABLE = meta.TAINT_UNREACHABLE
 
 NO_NODES_AVAILABLE = "no nodes available to schedule pods"
 REASON_UNSCHEDULABLE = "node(s) were unschedulable"
