@@ -42,6 +42,13 @@ class RunningProcess:
         return self.popen.poll()
 
 
+def enter_argv(netns_name: str | None, uts_pid: int | None, ip: str = "ip") -> list[str]:
+    """The argv prefix that runs a command inside a pod: its UTS namespace (the pause process's
+    ``uts_pid``, for the hostname), then ``ip netns exec`` (network namespace and /etc files)."""
+    prefix = ["nsenter", f"--uts=/proc/{uts_pid}/ns/uts", "--"] if uts_pid else []
+    return [*prefix, ip, "netns", "exec", netns_name] if netns_name else prefix
+
+
 class ProcessRuntime:
     def __init__(self, state: StateDir) -> None:
         self.state = state
@@ -56,11 +63,7 @@ class ProcessRuntime:
         command: list[str] = []
         if cgroup_procs is not None:
             command += ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup_procs)]
-        if uts_pid is not None:
-            command += ["nsenter", f"--uts=/proc/{uts_pid}/ns/uts", "--"]
-        if netns_name:
-            command += [self._ip, "netns", "exec", netns_name]
-        return command + list(argv)
+        return command + enter_argv(netns_name, uts_pid, self._ip) + list(argv)
 
     def start(self, netns_name: str | None, argv: list[str], env: dict[str, str], log_path: Path | None,
               what: str, uts_pid: int | None = None, cgroup_procs: Path | None = None) -> RunningProcess:

@@ -27,7 +27,7 @@ import time
 from netk8s.cluster.state import StateDir
 from netk8s.errors import KernelError
 from netk8s.kernel import netns, procs
-from netk8s.kubelet.runtime import ProcessRuntime, RunningProcess
+from netk8s.kubelet.runtime import ProcessRuntime, RunningProcess, enter_argv
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,6 @@ _PAUSE_SCRIPT = 'hostname "$0" && exec sleep infinity'
 def pause_record(netns_name: str) -> str:
     """How the pause process of a sandbox is named in the cluster's PID records."""
     return f"sandbox {netns_name}"
-
-
-def uts_path(pid: int) -> str:
-    return f"/proc/{pid}/ns/uts"
-
-
-def enter_argv(netns_name: str, pause_pid: int | None) -> list[str]:
-    """The argv prefix that runs a command inside a pod: its UTS namespace (hostname), then
-    ``ip netns exec`` (network namespace and /etc files)."""
-    prefix = ["nsenter", f"--uts={uts_path(pause_pid)}", "--"] if pause_pid else []
-    return [*prefix, "ip", "netns", "exec", netns_name]
 
 
 def pod_enter_argv(state: StateDir, netns_name: str) -> list[str]:
