@@ -119,6 +119,11 @@ NODE_PORTS_MESSAGE = "Predicate NodePorts failed: node(s) didn't have free ports
 DEFAULT_ALLOCATABLE = {"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "100Gi"}
 
 
+def node_capacity(spec: NodeSpec) -> dict[str, str]:
+    """The node's capacity (and allocatable): the defaults, overridden by the topology's ``capacity``."""
+    return {**DEFAULT_ALLOCATABLE, **{k: str(v) for k, v in spec.capacity.items()}}
+
+
 @dataclass
 class KubeletConfig:
     cluster: str
@@ -212,8 +217,7 @@ class Kubelet(Controller):
             labels["node-role.kubernetes.io/control-plane"] = ""
             labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
         labels.update(spec.labels)
-        capacity = {"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-        capacity.update({k: str(v) for k, v in spec.capacity.items()})
+        capacity = node_capacity(spec)
         node_spec: dict = {}
         if spec.taints:
             node_spec["taints"] = [t.to_api() for t in spec.taints]
@@ -633,9 +637,8 @@ class Kubelet(Controller):
             raise
 
     def _env_for(self, pod: dict, sandbox: PodSandbox, container: dict) -> dict[str, str]:
-        allocatable = dict(DEFAULT_ALLOCATABLE)
-        allocatable.update({k: str(v) for k, v in self.config.node.capacity.items()})
-        info = PodRuntimeInfo(self.node_name, (sandbox.ip,), (str(self.config.node_ip),), allocatable)
+        info = PodRuntimeInfo(self.node_name, (sandbox.ip,), (str(self.config.node_ip),),
+                              node_capacity(self.config.node))
         result = container_env(pod, container, info, self._lookup, self.services.list(),
                                base={"HOSTNAME": sandbox.hostname, "HOME": "/root"})
         for kind, source, keys in result.invalid_keys:
