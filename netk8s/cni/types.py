@@ -661,12 +661,13 @@ def result_routes(conf: NetConf, gateways: Sequence[IPAddress | None]) -> tuple[
     return tuple(routes)
 
 
-def masq_chain_name(network: str, container_id: str) -> str:
-    """``CNI-`` + sha512(network + container id) in hex, cut to 28 chars (the reference naming)."""
+def masq_chain_name(network: str, container_id: str, prefix: str = _CHAIN_PREFIX) -> str:
+    """``prefix`` (``CNI-``) + sha512(network + container id) in hex, cut to 28 chars (the reference
+    plugins' naming; portmap's DNAT chains use ``CNI-DN-``)."""
     import hashlib  # only ipMasq needs it; loading OpenSSL costs the executable ~4 ms
 
     digest = hashlib.sha512((network + container_id).encode()).hexdigest()
-    return (_CHAIN_PREFIX + digest)[:_MAX_CHAIN_LEN]
+    return (prefix + digest)[:_MAX_CHAIN_LEN]
 
 
 def masq_comment(network: str, container_id: str) -> str:

@@ -24,7 +24,6 @@ rejects like its NodePorts admission check.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from ipaddress import IPv4Address, IPv4Interface, ip_address
 from typing import Callable, Iterable
 
 from netk8s.api.network import Protocol
+from netk8s.cni.types import masq_chain_name
 from netk8s.proxy.iptables import quote, rules_by_chain
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ DNAT_CHAIN = "CNI-HOSTPORT-DNAT"
 SETMARK_CHAIN = "CNI-HOSTPORT-SETMARK"
 MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
 DN_PREFIX = "CNI-DN-"
-MAX_CHAIN = 28
 MARK_BIT = 13
 MULTIPORT_MAX = 15
 UNSPECIFIED = IPv4Address("0.0.0.0")
@@ -105,7 +104,8 @@ def pod_port_mappings(pod: dict) -> list[PortMapping]:
 
 
 def dnat_chain(network: str, container_id: str) -> str:
-    return (DN_PREFIX + hashlib.sha512((network + container_id).encode()).hexdigest())[:MAX_CHAIN]
+    """portmap's per-pod DNAT chain: ``CNI-DN-`` + the reference plugins' hash of network and container id."""
+    return masq_chain_name(network, container_id, DN_PREFIX)
 
 
 def dnat_comment(network: str, container_id: str) -> str:
