@@ -250,9 +250,14 @@ def _ifname_exists(env: CniEnv) -> CNIError:
 def _drop_host_veth(index: int, name: str) -> None:
     """Undo step: delete the host end (the peer goes with it), in the calling thread's namespace."""
     with Rtnl() as host:
-        reply = host.call([rtnl.del_link(index, name)], check=False)[0]
-        if reply.error and reply.error != errno.ENODEV:
-            raise NetlinkError(reply.error, f"delete link {name}", reply.detail)
+        _delete_link(host, index, name)
+
+
+def _delete_link(host: Rtnl, index: int, name: str) -> None:
+    """Delete a link; one already gone (ENODEV) counts as deleted."""
+    reply = host.call([rtnl.del_link(index, name)], check=False)[0]
+    if reply.error and reply.error != errno.ENODEV:
+        raise NetlinkError(reply.error, f"delete link {name}", reply.detail)
 
 
 def _sync_link_state(name: str) -> bool | None:
@@ -503,9 +508,7 @@ def cmd_del(env: CniEnv, conf: NetConf) -> None:
                     continue
                 link = host.link(iface.name)
                 if link is not None and bridge is not None and link.master == bridge.ifindex and link.kind == "veth":
-                    reply = host.call([rtnl.del_link(link.ifindex, link.name)], check=False)[0]
-                    if reply.error and reply.error != errno.ENODEV:
-                        raise NetlinkError(reply.error, f"delete link {link.name}", reply.detail)
+                    _delete_link(host, link.ifindex, link.name)
     if conf.ip_masq:
         teardown_masq(conf.name, env.container_id)
     log.info("netk8s-cni DEL %s/%s done", env.container_id, env.ifname)
