@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from netk8s.kubelet.images.gostyle import (
@@ -54,6 +54,8 @@ from netk8s.kubelet.images.serving import (
     hard_exit,
     serve_in_thread,
 )
+
+T = TypeVar("T")
 
 # agnhost's client timeout for /dial (http.Client.Timeout and the UDP/SCTP read deadline).
 DIAL_TIMEOUT = 5.0
@@ -315,6 +317,17 @@ class NetexecHandler(GoStyleHandler):
     def value(self, key: str) -> str:
         return _first(self.form, key)
 
+    def argument(self, name: str, text: str, parse: Callable[[str], T], default: T, expected: str) -> T | None:
+        """``parse(text)``, ``default`` when empty; None after answering agnhost's 200 "argument ... must be
+        <expected> or empty" when it does not parse."""
+        if not text:
+            return default
+        try:
+            return parse(text)
+        except ValueError:
+            self.reply(200, f"argument '{name}' must be {expected} or empty, got {go_quote(text)}\n")
+            return None
+
     @property
     def remote_addr(self) -> str:
         return join_host_port(str(self.client_address[0]), int(self.client_address[1]))
@@ -331,14 +344,9 @@ class NetexecHandler(GoStyleHandler):
     def echo(self) -> None:
         msg, code_text = self.value("msg"), self.value("code")
         go_log(f"GET /echo?msg={msg}&code={code_text}")
-        code = 200
-        if code_text:
-            try:
-                code = int(code_text)
-            except ValueError:
-                self.reply(200, f"argument 'code' must be an integer or empty, got {go_quote(code_text)}\n")
-                return
-        self.reply(code, msg)
+        code = self.argument("code", code_text, int, 200, "an integer")
+        if code is not None:
+            self.reply(code, msg)
 
     def clientip(self) -> None:
         go_log("GET /clientip")
@@ -356,21 +364,14 @@ class NetexecHandler(GoStyleHandler):
     def exit(self) -> None:
         wait_text, timeout_text, code_text = self.value("wait"), self.value("timeout"), self.value("code")
         go_log(f"GET /exit?code={code_text}&timeout={timeout_text}&wait={wait_text}")
-        try:
-            timeout = parse_go_duration(timeout_text) if timeout_text else 0.0
-        except ValueError:
-            self.reply(200, f"argument 'timeout' must be a valid golang duration or empty, got "
-                            f"{go_quote(timeout_text)}\n")
+        timeout = self.argument("timeout", timeout_text, parse_go_duration, 0.0, "a valid golang duration")
+        if timeout is None:
             return
-        try:
-            wait = parse_go_duration(wait_text) if wait_text else 0.0
-        except ValueError:
-            self.reply(200, f"argument 'wait' must be a valid golang duration or empty, got {go_quote(wait_text)}\n")
+        wait = self.argument("wait", wait_text, parse_go_duration, 0.0, "a valid golang duration")
+        if wait is None:
             return
-        try:
-            code = int(code_text) if code_text else 0
-        except ValueError:
-            self.reply(200, f"argument 'code' must be an integer [0-127] or empty, got {go_quote(code_text)}\n")
+        code = self.argument("code", code_text, int, 0, "an integer [0-127]")
+        if code is None:
             return
         go_log(f"Will begin shutdown in {wait:g}s, allowing {timeout:g}s for connections to close, "
                f"then will exit with {code}")
@@ -413,13 +414,9 @@ class NetexecHandler(GoStyleHandler):
     def redirect(self) -> None:
         location, code_text = self.value("location"), self.value("code")
         go_log(f"{self.command} /redirect?msg={location}&code={code_text}")
-        code = 302
-        if code_text:
-            try:
-                code = int(code_text)
-            except ValueError:
-                self.reply(200, f"argument 'code' must be an integer or empty, got {go_quote(code_text)}\n")
-                return
+        code = self.argument("code", code_text, int, 302, "an integer")
+        if code is None:
+            return
         body = f'<a href="{location}">{http.client.responses.get(code, "")}</a>.\n\n' if self.command == "GET" else ""
         self.reply(code, body, "text/html; charset=utf-8", headers=[("Location", location)])
 
