@@ -523,6 +523,18 @@ def test_netexec_http_endpoints(two_netexecs) -> None:
     assert request(port, "/unknown/path")[2].startswith("NOW: ")  # Go's mux sends unknown paths to /
 
 
+def test_netexec_rejects_bad_arguments_as_agnhost_does(two_netexecs) -> None:
+    (_, port, _), _ = two_netexecs
+    assert request(port, "/echo?msg=x&code=abc")[::2] == (200, "argument 'code' must be an integer or empty, "
+                                                              'got "abc"\n')
+    assert request(port, "/redirect?location=/x&code=no")[::2] == (200, "argument 'code' must be an integer or "
+                                                                        'empty, got "no"\n')
+    assert request(port, "/exit?timeout=soon")[::2] == (200, "argument 'timeout' must be a valid golang duration "
+                                                             'or empty, got "soon"\n')
+    assert request(port, "/exit?wait=1s&code=x")[::2] == (200, "argument 'code' must be an integer [0-127] or "
+                                                               'empty, got "x"\n')
+
+
 def test_netexec_shell(two_netexecs) -> None:
     (_, port, _), _ = two_netexecs
     status, _, body, _ = request(port, "/shell?shellCommand=" + quote("echo out; echo err >&2"))
