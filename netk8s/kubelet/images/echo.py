@@ -25,8 +25,11 @@ from netk8s.kubelet.images.serving import (
     BindError,
     QuietServer,
     SignalWaiter,
+    add_port_option,
     bind_all,
+    ports_of,
     serve_in_thread,
+    shutdown_all,
 )
 from netk8s.kubelet.images.serving import write_line as _log
 
@@ -102,19 +105,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="", help="pod namespace")
     parser.add_argument("--node", default="", help="node name")
     parser.add_argument("--pod-ip", default="", help="pod IP")
-    parser.add_argument("--port", type=int, action="append", default=[],
-                        help=f"TCP port to listen on (repeatable; {DEFAULT_PORT} when none)")
+    add_port_option(parser, DEFAULT_PORT)
     args = parser.parse_args(argv)
-    for port in args.port:
-        if not 1 <= port <= 65535:
-            parser.error(f"--port: {port} is out of range; use 1-65535")
+    args.port = ports_of(parser, args, DEFAULT_PORT)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     identity = {"pod": args.pod, "namespace": args.namespace, "node": args.node, "podIP": args.pod_ip}
-    ports = list(dict.fromkeys(args.port)) or [DEFAULT_PORT]
+    ports = args.port
     signals = SignalWaiter((signal.SIGTERM, signal.SIGINT))
 
     try:
@@ -129,9 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"podIP={args.pod_ip} listening on 0.0.0.0:{server.server_address[1]}")
 
     signals.wait()
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    shutdown_all(servers)
     _log("netk8s/echo: stopped")
     return 0
 

@@ -29,8 +29,11 @@ from netk8s.kubelet.images.serving import (
     BindError,
     QuietServer,
     SignalWaiter,
+    add_port_option,
     bind_all,
+    ports_of,
     serve_in_thread,
+    shutdown_all,
     write_line,
 )
 
@@ -153,14 +156,11 @@ class NginxHandler(BaseHTTPRequestHandler):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m netk8s.kubelet.images.nginx",
                                      description="nginx stand-in: the default site on each port")
-    parser.add_argument("--port", type=int, action="append", default=[],
-                        help=f"TCP port to listen on (repeatable; {DEFAULT_PORT} when none)")
+    add_port_option(parser, DEFAULT_PORT)
     parser.add_argument("--server-version", default=DEFAULT_VERSION, help="version in the Server header")
     parser.add_argument("nginx_args", nargs=argparse.REMAINDER, help="nginx's own arguments (ignored)")
     args = parser.parse_args(argv)
-    for port in args.port:
-        if not 1 <= port <= 65535:
-            parser.error(f"--port: {port} is out of range; use 1-65535")
+    args.port = ports_of(parser, args, DEFAULT_PORT)
     if args.nginx_args[:1] == ["--"]:
         args.nginx_args = args.nginx_args[1:]
     return args
@@ -169,7 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signals = SignalWaiter((signal.SIGTERM, signal.SIGINT, signal.SIGQUIT))
-    ports = list(dict.fromkeys(args.port)) or [DEFAULT_PORT]
+    ports = args.port
     started = time.time()
     try:
         servers = bind_all(ports, lambda port: NginxServer(port, args.server_version, started))
@@ -189,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = signal.Signals(signum).name
     action = "gracefully shutting down" if signum == signal.SIGQUIT else "exiting"
     write_line(error_log_line("notice", f"signal {signum} ({name}) received, {action}"), sys.stderr)
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    shutdown_all(servers)
     write_line(error_log_line("notice", "exit"), sys.stderr)
     return 0
 

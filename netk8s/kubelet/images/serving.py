@@ -17,6 +17,7 @@ sandboxed root may lack).
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -88,6 +89,26 @@ def bind_all(ports: list[int], factory: Callable[[int], ThreadingHTTPServer]) ->
                 server.server_close()
             raise BindError(port, exc) from None
     return servers
+
+
+def add_port_option(parser: argparse.ArgumentParser, default: int) -> None:
+    """``--port N`` (repeatable) as the built-in HTTP servers take it."""
+    parser.add_argument("--port", type=int, action="append", default=[],
+                        help=f"TCP port to listen on (repeatable; {default} when none)")
+
+
+def ports_of(parser: argparse.ArgumentParser, args: argparse.Namespace, default: int) -> list[int]:
+    """The ``--port`` values in order without repeats (``default`` when none); out of range is a usage error."""
+    for port in args.port:
+        if not 1 <= port <= 65535:
+            parser.error(f"--port: {port} is out of range; use 1-65535")
+    return list(dict.fromkeys(args.port)) or [default]
+
+
+def shutdown_all(servers: list[ThreadingHTTPServer]) -> None:
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 def serve_in_thread(server: ThreadingHTTPServer, name: str) -> threading.Thread:
