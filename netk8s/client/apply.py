@@ -75,13 +75,14 @@ def three_way_patch(last: Any, new: Any, live: Any) -> Any:
 
 
 def _with_annotation(obj: dict) -> dict:
-    out = copy.deepcopy(obj)
-    annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
+    """A copy of ``obj`` carrying kubectl's last-applied annotation (``obj`` without that annotation)."""
     clean = copy.deepcopy(obj)
     clean.get("metadata", {}).get("annotations", {}).pop(LAST_APPLIED, None)
     if not clean.get("metadata", {}).get("annotations"):
         clean.get("metadata", {}).pop("annotations", None)
-    annotations[LAST_APPLIED] = json.dumps(clean, sort_keys=True, separators=(",", ":")) + "\n"
+    last_applied = json.dumps(clean, sort_keys=True, separators=(",", ":")) + "\n"
+    out = clean  # the serialized form is taken: the copy can carry the annotation now
+    out.setdefault("metadata", {}).setdefault("annotations", {})[LAST_APPLIED] = last_applied
     return out
 
 
@@ -102,20 +103,19 @@ def apply(client: ApiClient, manifests: list[Manifest], namespace: str | None = 
                     raise
         plans.append((m, ns, desired, live))
     # Validate everything before changing anything.
+    patches: list[dict | None] = []
     for m, ns, desired, live in plans:
+        patch = _patch_for(desired, live) if live is not None else None
+        patches.append(patch)
         if live is None:
             client.create(m.resource, desired, ns, dry_run=True)
-        else:
-            patch = _patch_for(desired, live)
-            if patch:
-                merged = merge_patch(live, patch)
-                client.update(m.resource, merged, dry_run=True)
+        elif patch:
+            client.update(m.resource, merge_patch(live, patch), dry_run=True)
     results = []
-    for m, ns, desired, live in plans:
+    for (m, ns, desired, live), patch in zip(plans, patches):
         if live is None:
             results.append(Applied(m, Action.CREATED, client.create(m.resource, desired, ns)))
             continue
-        patch = _patch_for(desired, live)
         if not patch:
             results.append(Applied(m, Action.UNCHANGED, live))
             continue
