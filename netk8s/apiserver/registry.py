@@ -122,7 +122,7 @@ class Registry:
             return {r.get("uid", "") for r in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []}
         obj = new or old
         assert obj is not None
-        entry = (resource.plural, resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None))
+        entry = (resource.plural, _key(resource, obj))
         before, after = refs(old), refs(new)
         for uid in before - after:
             self._dependents.get(uid, set()).discard(entry)
@@ -498,13 +498,13 @@ class Registry:
             md["finalizers"] = finalizers
         if resource is NAMESPACES:
             new.setdefault("status", {})["phase"] = "Terminating"
-        key = resource.storage_key(meta.name_of(current), meta.namespace_of(current) or None)
+        key = _key(resource, current)
         return self.store.update(key, new)
 
     def _remove(self, resource: ResourceType, obj: dict, propagation: str) -> dict:
         """Take the object out of the store, release what it held, then handle its dependents and owners."""
         try:
-            deleted = self.store.delete(resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None))
+            deleted = self.store.delete(_key(resource, obj))
         except KeyNotFoundError:
             raise st.not_found(resource, meta.name_of(obj)) from None
         self._index_owners(resource, obj, None)
@@ -521,7 +521,7 @@ class Registry:
         out = []
         for plural, key in sorted(self._dependents.get(meta.uid_of(owner), ())):
             obj = self.store.get(key)
-            resource = next((r for r in RESOURCES if r.plural == plural), None)
+            resource = _BY_PLURAL.get(plural)
             if obj is not None and resource is not None:
                 out.append((resource, obj))
         return out
@@ -544,7 +544,7 @@ class Registry:
             new = copy.deepcopy(obj)
             new["metadata"]["ownerReferences"] = [
                 r for r in new["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
-            stored = self.store.update(resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None), new)
+            stored = self.store.update(_key(resource, obj), new)
             self._index_owners(resource, obj, stored)
 
     def _finish_foreground_owners(self, removed: dict) -> None:
@@ -788,6 +788,14 @@ def _graceful_pod(resource: ResourceType, obj: dict) -> bool:
     return resource is PODS and int((obj.get("metadata") or {}).get("deletionGracePeriodSeconds") or 0) > 0
 
 
+
+
+_BY_PLURAL = {r.plural: r for r in RESOURCES}
+
+
+def _key(resource: ResourceType, obj: dict) -> str:
+    """The object's key in the store."""
+    return resource.storage_key(meta.name_of(obj), meta.namespace_of(obj) or None)
 
 
 def _patched(content_type: str, target: Any, body: Any, kind: str | None = None) -> Any:

@@ -9,6 +9,7 @@ controller reconciles each object once per burst of changes.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import threading
@@ -152,7 +153,7 @@ class WorkQueue:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._queue: list[str] = []
+        self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
         self._processing: set[str] = set()
         self._dirty_while_processing: set[str] = set()
@@ -165,10 +166,14 @@ class WorkQueue:
             if key in self._processing:
                 self._dirty_while_processing.add(key)
                 return
-            if key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
-                self._cond.notify()
+            self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
+        """Queue ``key`` unless it is queued already (the caller holds the lock)."""
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._cond.notify()
 
     def add_after(self, key: str, delay: float) -> None:
         with self._cond:
@@ -195,11 +200,10 @@ class WorkQueue:
                     _, key = heapq.heappop(self._delayed)
                     if key in self._processing:
                         self._dirty_while_processing.add(key)
-                    elif key not in self._queued:
-                        self._queued.add(key)
-                        self._queue.append(key)
+                    else:
+                        self._enqueue(key)
                 if self._queue:
-                    key = self._queue.pop(0)
+                    key = self._queue.popleft()
                     self._queued.discard(key)
                     self._processing.add(key)
                     return key
@@ -220,10 +224,7 @@ class WorkQueue:
             self._processing.discard(key)
             if key in self._dirty_while_processing:
                 self._dirty_while_processing.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._queue.append(key)
-                    self._cond.notify()
+                self._enqueue(key)
 
     def shutdown(self) -> None:
         with self._cond:
