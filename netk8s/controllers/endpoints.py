@@ -314,6 +314,14 @@ class TriggerTimeTracker:
 # -- the controller --------------------------------------------------------------------------------
 
 
+def _up_to_date(current: dict | None, subsets: list[dict], labels: dict[str, str], truncated: bool) -> bool:
+    if current is None:
+        return False
+    annotations = (current.get("metadata") or {}).get("annotations") or {}
+    return subsets_equal(current.get("subsets"), subsets) and meta.labels_of(current) == labels \
+        and (OVER_CAPACITY_ANNOTATION in annotations) == truncated
+
+
 def is_managed(endpoints: dict | None) -> bool:
     return endpoints is not None and meta.labels_of(endpoints).get(MANAGED_BY_LABEL) == CONTROLLER_NAME
 
@@ -365,12 +373,11 @@ class EndpointsController(Controller):
         trigger = self.triggers.compute(service, pods)
         subsets, truncated = truncate_subsets(desired_subsets(service, pods))
         labels = desired_labels(service)
-        if current is not None and subsets_equal(current.get("subsets"), subsets) \
-                and meta.labels_of(current) == labels \
-                and (OVER_CAPACITY_ANNOTATION in ((current.get("metadata") or {}).get("annotations") or {})) \
-                == truncated:
-            return
         for attempt in range(_CONFLICT_ATTEMPTS):
+            # Checked again after a conflict: the server's copy may already be what we want (written by
+            # an earlier sync our cache had not seen yet); rewriting it would drop its trigger time.
+            if _up_to_date(current, subsets, labels, truncated):
+                return
             try:
                 self._write(service, current, subsets, labels, truncated, trigger)
                 return

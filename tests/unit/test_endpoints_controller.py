@@ -215,6 +215,30 @@ def test_endpoints_follow_pods_and_the_service(controller: ApiClient) -> None:
     wait_for(lambda: endpoints_of(api) is None)
 
 
+def test_a_sync_behind_its_cache_keeps_the_trigger_time_already_written(api: ApiClient) -> None:
+    ctrl = EndpointsController(api)
+    ctrl.start()
+    try:
+        run_pod(api, "web-1", "10.244.1.2", ready=True)
+        api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                              "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+                   "default")
+        wait_for(lambda: ctrl.endpoints.get("default/web") is not None)
+        written = endpoints_of(api)
+        assert written and TRIGGER_TIME_ANNOTATION in written["metadata"]["annotations"]
+        # A sync queued before the write was seen: the cache has no Endpoints yet and no pod moved since.
+        with ctrl.endpoints._lock:
+            del ctrl.endpoints._cache["default/web"]
+        ctrl.sync("default/web")  # its create meets a 409; the server's copy is already right
+        after = endpoints_of(api)
+        assert after and after["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+        assert after["metadata"]["annotations"][TRIGGER_TIME_ANNOTATION] \
+            == written["metadata"]["annotations"][TRIGGER_TIME_ANNOTATION]
+    finally:
+        ctrl.stop()
+        ctrl.join()
+
+
 def test_user_endpoints_of_a_selectorless_service_are_left_alone(controller: ApiClient) -> None:
     api = controller
     api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"},
