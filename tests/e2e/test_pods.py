@@ -58,7 +58,7 @@ def wait_pod(cluster: Cluster, name: str, predicate: Callable[[dict], Any], time
     try:
         return wait_for(check, timeout, 0.1, what or f"pod {name}")
     except TimeoutError:
-        raise AssertionError(f"{what}: pod {name} status is {json.dumps(get(cluster, name).get('status'))}")
+        raise AssertionError(f"{what}: pod {name} status is {json.dumps(get(cluster, name).get('status'))}") from None
 
 
 def status_text(obj: dict) -> str:
@@ -85,7 +85,7 @@ def wait_log(cluster: Cluster, name: str, container: str, needle: str, timeout: 
     try:
         return wait_for(check, timeout, 0.1, f"{needle!r} in the log of {name}/{container}")
     except TimeoutError:
-        raise AssertionError(f"log of {name}/{container}: {log_of(cluster, get(cluster, name), container)!r}")
+        raise AssertionError(f"log of {name}/{container}: {log_of(cluster, get(cluster, name), container)!r}") from None
 
 
 def events_of(cluster: Cluster, name: str) -> list[tuple[str, str, str]]:
@@ -98,7 +98,7 @@ def wait_event(cluster: Cluster, name: str, reason: str, timeout: float = 20) ->
         return wait_for(lambda: [e for e in events_of(cluster, name) if e[1] == reason], timeout, 0.1,
                         f"event {reason} on {name}")
     except TimeoutError:
-        raise AssertionError(f"no {reason} event on {name}: {events_of(cluster, name)}")
+        raise AssertionError(f"no {reason} event on {name}: {events_of(cluster, name)}") from None
 
 
 def running(obj: dict) -> bool:

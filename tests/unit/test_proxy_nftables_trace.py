@@ -12,13 +12,22 @@ import json
 from ipaddress import IPv4Address
 
 import pytest
-from test_proxy_trace import CONFIG, EXTERNAL, FLOW_CASES, LOCAL_ADDRESSES, NODE_S, OTHER_LOCAL_POD, FlowCase, _pkt, \
-    small_cluster_state
+from test_proxy_trace import (
+    CONFIG,
+    EXTERNAL,
+    FLOW_CASES,
+    LOCAL_ADDRESSES,
+    NODE_S,
+    OTHER_LOCAL_POD,
+    FlowCase,
+    _pkt,
+    small_cluster_state,
+)
 
 from netk8s.errors import ValidationError
 from netk8s.proxy import nftables as nft
 from netk8s.proxy.model import Protocol
-from netk8s.proxy.nftables_trace import parse_ruleset, parse_rule, trace_nftables
+from netk8s.proxy.nftables_trace import parse_rule, parse_ruleset, trace_nftables
 from netk8s.proxy.trace import TraceResult, Verdict
 
 # kube-proxy's nftables mode (1.31+) rejects new connections to a cluster IP on a port no service
