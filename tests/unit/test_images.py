@@ -476,6 +476,16 @@ def udp_ask(port: int, payload: bytes, timeout: float = 3) -> tuple[str, str]:
         return sock.recv(2048).decode(), f"{local[0]}:{local[1]}"
 
 
+def udp_ask_once_up(proc: subprocess.Popen, port: int, payload: bytes, timeout: float = 5) -> str:
+    """The answer to ``payload``, asked again until the UDP server is up (its socket is bound after others)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return udp_ask(port, payload, timeout=0.5)[0]
+        except (TimeoutError, ConnectionRefusedError):
+            assert time.monotonic() < deadline and proc.poll() is None, f"nothing answered on UDP port {port}"
+
+
 def host_of(pod: str) -> str:
     """What the servers answer as hostname here: the pod name (the tests run with the machine's hostname)."""
     assert pod_hostname(pod, socket.gethostname()) == pod
@@ -664,13 +674,7 @@ def test_agnhost_serve_hostname_http_and_udp(spawn: Spawn) -> None:
     dgram = spawn(agnhost_argv("host-b", "serve-hostname", "--udp", "--http=false", f"--port={udp_port}"))
     wait_listening(web, http_port)
     assert request(http_port, "/anything")[::2] == (200, host_of("host-a"))
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            assert udp_ask(udp_port, b"x", timeout=0.5)[0] == host_of("host-b")
-            break
-        except (TimeoutError, ConnectionRefusedError):
-            assert time.monotonic() < deadline and dgram.poll() is None, "serve-hostname --udp never answered"
+    assert udp_ask_once_up(dgram, udp_port, b"x") == host_of("host-b")
     proc = subprocess.run(agnhost_argv("h", "serve-hostname", "--udp"), capture_output=True, text=True, timeout=10)
     assert proc.returncode == 1 and "Can't server TCP/UDP mode and HTTP mode at the same time" in proc.stderr
 
@@ -681,7 +685,7 @@ def test_agnhost_porter(spawn: Spawn) -> None:
                                                    f"SERVE_UDP_PORT_{udp_port}": "bar"})
     wait_listening(proc, tcp_port)
     assert request(tcp_port, "/x")[::2] == (200, "foo")
-    assert udp_ask(udp_port, b"?")[0] == "bar"
+    assert udp_ask_once_up(proc, udp_port, b"?") == "bar"
     json_port = free_ports(1)[0]
     proc = spawn(agnhost_argv("p", "porter", "--json-response"), env={f"SERVE_TCP_PORT_{json_port}": "v"})
     wait_listening(proc, json_port)

@@ -128,26 +128,32 @@ class NginxHandler(BaseHTTPRequestHandler):
             self.send_header("ETag", f'"{int(started):x}-{len(body):x}"')
             self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        self._sent = 0
-        if self.command != "HEAD":
+        self._sent = 0 if self.command == "HEAD" else len(body)
+        # Logged before the body goes out: a client's next request cannot then be logged first
+        # (each connection has its own thread; nginx's single event loop keeps them in order).
+        self._write_access_log()
+        if self._sent:
             self.wfile.write(body)
-            self._sent = len(body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         self._status = int(code) if str(code).isdigit() else 0
 
+    def _write_access_log(self) -> None:
+        headers = getattr(self, "headers", None)  # absent when the request line itself was bad
+
+        def header(name: str) -> str:
+            return str(headers.get(name, "")) if headers is not None else ""
+        write_line(access_log_line(str(self.client_address[0]), time.time(), self.requestline, self._status,
+                                   self._sent, header("Referer"), header("User-Agent"), header("X-Forwarded-For")))
+        self._logged = True
+
     def handle_one_request(self) -> None:
         self._status = 0
         self._sent = 0
+        self._logged = False
         super().handle_one_request()
-        if self._status:
-            headers = getattr(self, "headers", None)  # absent when the request line itself was bad
-
-            def header(name: str) -> str:
-                return str(headers.get(name, "")) if headers is not None else ""
-            write_line(access_log_line(str(self.client_address[0]), time.time(), self.requestline, self._status,
-                                       self._sent, header("Referer"), header("User-Agent"),
-                                       header("X-Forwarded-For")))
+        if self._status and not self._logged:  # answered by the stdlib itself (a malformed request)
+            self._write_access_log()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         write_line(error_log_line("info", f"client {self.client_address[0]}: {format % args}"), sys.stderr)
