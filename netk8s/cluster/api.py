@@ -35,6 +35,7 @@ from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
 from netk8s.kubelet.podfiles import pod_identity
 from netk8s.kubelet.runtime import DEFAULT_PATH
 from netk8s.kubelet.sandbox import pod_enter_argv
+from netk8s.proxy.model import SERVICE_NAME_LABEL, build_endpoints, build_service_ports, categorize_endpoints
 from netk8s.proxy.nftables_trace import trace_nftables
 from netk8s.proxy.trace import Packet, TraceResult, trace_iptables
 from netk8s.topology import ProxyMode, Topology, default_topology, load_dict, load_file
@@ -189,6 +190,33 @@ class Cluster:
             return bool(items) and all(ready(o) for o in items)
 
         self.wait_for(check, timeout, what=f"{resource.kind.lower()} {name or '(all)'} to be ready")
+
+    def wait_service(self, name: str, namespace: str = "default", timeout: float = 60) -> None:
+        """Wait until every node's kube-proxy has installed the Service's current endpoints.
+
+        A Ready pod is not yet a reachable backend: each node's kube-proxy adds it on
+        its own next sync. This traces a connection from each node to each port of the
+        cluster IP through that node's live rules and waits until it is DNATed to
+        exactly the endpoints kube-proxy selects from the EndpointSlices (ready ones,
+        else serving and terminating ones; the node's own with internalTrafficPolicy
+        Local). A Service kube-proxy does not program (headless, ExternalName) is done.
+        """
+        def programmed() -> bool:
+            ports = build_service_ports([self.get("service", name, namespace)])
+            slices = self.list("endpointslices", namespace, f"{SERVICE_NAME_LABEL}={name}")
+            for spec in self.topology.nodes:
+                endpoints = build_endpoints(slices, spec.name)
+                for port in ports:
+                    chosen = categorize_endpoints(port, endpoints.get(port.service_port_name, ()))
+                    want = {ep.address for ep in (chosen.local if port.internal_policy_local else chosen.cluster)}
+                    _, result = self.trace(str(port.cluster_ip), port.port, port.protocol.value,
+                                           source=f"node/{spec.name}")
+                    if set(result.endpoints) != want:
+                        return False
+            return True
+
+        self.wait_for(programmed, timeout, interval=0.2,
+                      what=f"every node's kube-proxy to install service {namespace}/{name}")
 
     # -- namespaces ----------------------------------------------------------------------
 

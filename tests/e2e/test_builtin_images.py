@@ -69,6 +69,7 @@ def cluster() -> Iterator[Cluster]:
         for service, count in (("netexec", 3), ("web", 2)):
             c.wait_for(lambda: _ready_endpoints(c, service) == count, timeout=30,
                        what=f"{count} ready endpoints of service {service}")
+            c.wait_service(service, timeout=30)
         yield c
     finally:
         c.down()

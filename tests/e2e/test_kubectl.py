@@ -141,6 +141,7 @@ def test_get_wide_and_yaml(cluster: Cluster) -> None:
 
 def test_logs_and_describe(cluster: Cluster) -> None:
     cluster.wait_ready("deployment", "echo", timeout=60)
+    cluster.wait_service("echo", timeout=30)
     ip = cluster.get("service", "echo")["spec"]["clusterIP"]
     answer = json.loads(cluster.exec("client", ["curl", "-s", "-m", "3", f"http://{ip}/"], check=True).stdout)
     logs = kubectl(cluster, "logs", answer["pod"]).stdout

@@ -64,6 +64,7 @@ def test_clusterip_service_and_direct_pod_ip(cluster: Cluster) -> None:
     cluster.apply(APP)
     cluster.wait_ready("deployment", "echo", timeout=60)
     cluster.wait_ready("pod", "client", timeout=60)
+    cluster.wait_service("echo", timeout=30)
     client_ip = cluster.get("pod", "client")["status"]["podIP"]
     cluster_ip = cluster.get("service", "echo")["spec"]["clusterIP"]
 

@@ -62,6 +62,7 @@ def cluster() -> Iterator[Cluster]:
 def test_udp_flow_moves_to_another_backend_when_its_endpoint_goes(cluster: Cluster) -> None:
     cluster.apply(web("udp", 2))
     cluster.wait_ready("deployment", "udp", timeout=60)
+    cluster.wait_service("udp", timeout=30)
     ip = cluster.get("service", "udp")["spec"]["clusterIP"]
     first = cluster.exec("client", ["python3", "-c", UDP_SENDER, ip, "90", "10"], check=True).stdout.strip()
     pods = {p["metadata"]["name"] for p in cluster.list("pods", "default", "app=udp")}
@@ -73,6 +74,30 @@ def test_udp_flow_moves_to_another_backend_when_its_endpoint_goes(cluster: Clust
         p["metadata"]["name"] for p in cluster.list("pods", "default", "app=udp")}
 
 
+def test_wait_service_waits_for_each_nodes_own_endpoints(cluster: Cluster) -> None:
+    cluster.apply(web("near", 2, {"internalTrafficPolicy": "Local"}))
+    cluster.wait_ready("deployment", "near", timeout=60)
+    ip = cluster.get("service", "near")["spec"]["clusterIP"]
+
+    def installed() -> dict[str, set[str]]:
+        """Per node: where a connection from the node to the cluster IP is DNATed, by its live rules."""
+        return {node: set(cluster.trace(ip, 80, source=f"node/{node}")[1].endpoints)
+                for node in ("control-plane", "worker", "worker2")}
+
+    def local_backends() -> dict[str, set[str]]:
+        pods = cluster.list("pods", "default", "app=near")
+        return {node: {f"{p['status']['podIP']}:8080" for p in pods if p["spec"]["nodeName"] == node}
+                for node in ("control-plane", "worker", "worker2")}
+
+    cluster.wait_service("near", timeout=30)
+    assert installed() == local_backends()  # internalTrafficPolicy Local: each node only its own
+    assert not installed()["control-plane"]  # tainted: no backend there, so nothing to DNAT to
+    cluster.client.patch(SERVICES, "near", {"spec": {"internalTrafficPolicy": "Cluster"}}, "default")
+    cluster.wait_service("near", timeout=30)
+    everywhere = set().union(*local_backends().values())
+    assert len(everywhere) == 2 and installed() == {node: everywhere for node in installed()}
+
+
 def hostnames(cluster: Cluster, ip: str, count: int) -> set[str]:
     script = f"for i in $(seq {count}); do curl -s -m 3 http://{ip}/hostname; echo; done"
     out = cluster.exec("client", ["sh", "-c", script], timeout=60).stdout
@@ -82,6 +107,7 @@ def hostnames(cluster: Cluster, ip: str, count: int) -> set[str]:
 def test_client_ip_affinity_on_and_off(cluster: Cluster) -> None:
     cluster.apply(web("sticky", 3, {"sessionAffinity": "ClientIP"}))
     cluster.wait_ready("deployment", "sticky", timeout=60)
+    cluster.wait_service("sticky", timeout=30)
     ip = cluster.get("service", "sticky")["spec"]["clusterIP"]
     assert len(hostnames(cluster, ip, 12)) == 1
     cluster.client.patch(SERVICES, "sticky", {"spec": {"sessionAffinity": "None", "sessionAffinityConfig": None}},

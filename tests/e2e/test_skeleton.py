@@ -64,6 +64,7 @@ def test_clusterip_service_answers_with_real_packets(down_on_exit, forward_drop)
     cluster = Cluster.attach(name)
     cluster.wait_ready("deployment", "echo", timeout=60)
     cluster.wait_ready("pod", "client", timeout=60)
+    cluster.wait_service("echo", timeout=30)
 
     client = cluster.get("pod", "client")
     assert client["spec"]["nodeName"] in ("worker", "worker2")  # the control plane is tainted

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from typing import Iterator
 
 import pytest
@@ -61,6 +62,14 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         for name in ("lb-cluster", "lb-local"):
             c.wait_for(lambda n=name: ((c.get("service", n)["status"].get("loadBalancer") or {}).get("ingress")),
                        timeout=30, what=f"an ingress IP for {name}")
+        # A Ready backend is not yet a programmed one: each node's kube-proxy installs it on its own sync.
+        ways_in = [("pod", f"http://{c.get('service', 'clusterip')['spec']['clusterIP']}/"),
+                   ("host", f"http://{node_ip(c, 'worker')}:30081/"),
+                   *(("host", f"http://{lb_ip(c, name)}/") for name in ("lb-cluster", "lb-local")),
+                   *(("host", f"http://{node_ip(c, node)}:30080/") for node in ("control-plane", "worker", "worker2"))]
+        for origin, url in ways_in:
+            c.wait_for(lambda o=origin, u=url: curl(c, o, u, max_time=1).returncode == 0, timeout=30, interval=0.2,
+                       what=f"{url} to answer the {origin}")
         yield c
     finally:
         c.down()
@@ -71,12 +80,17 @@ def backend_netns(cluster: Cluster) -> str:
     return cluster.pod_netns(meta.name_of(pod))
 
 
+def curl(cluster: Cluster, origin: str, url: str, max_time: float = 3) -> subprocess.CompletedProcess:
+    """``curl url`` from the client pod (origin "pod") or the external host ("host")."""
+    argv = ["curl", "-s", "-m", f"{max_time:g}", url]
+    return cluster.exec("client", argv) if origin == "pod" else cluster.host("client").exec(argv)
+
+
 def seen_from(cluster: Cluster, origin: str, url: str) -> str:
     """The client address the backend reports, checked against the SYN captured in its namespace."""
     with capture(backend_netns(cluster), "tcp dst port 8080 and tcp[tcpflags] & tcp-syn != 0",
                  interface="eth0") as cap:
-        argv = ["curl", "-s", "-m", "3", url]
-        result = cluster.exec("client", argv) if origin == "pod" else cluster.host("client").exec(argv)
+        result = curl(cluster, origin, url)
     assert result.returncode == 0, f"{origin} -> {url}: curl exited {result.returncode} {result.stderr}"
     ip, port = json.loads(result.stdout)["client"].rsplit(":", 1)
     # The same source address and port were on the wire (other SYNs are the kubelet's probes).
