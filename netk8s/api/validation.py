@@ -171,6 +171,16 @@ def _port_ok(value: Any) -> bool:
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
+def _port_range_error(path: str, value: Any) -> FieldError:
+    return FieldError(path, ErrorType.INVALID, value, "must be between 1 and 65535, inclusive")
+
+
+def _protocol_error(path: str, protocol: Any) -> FieldError | None:
+    if protocol in _PROTOCOLS:
+        return None
+    return FieldError(path, ErrorType.NOT_SUPPORTED, protocol, 'supported values: "SCTP", "TCP", "UDP"')
+
+
 def validate_pod_spec(spec: Any, path: str) -> list[FieldError]:
     if not isinstance(spec, dict):
         return [FieldError(path, ErrorType.REQUIRED)]
@@ -207,12 +217,10 @@ def validate_pod_spec(spec: Any, path: str) -> list[FieldError]:
             for j, port in enumerate(c.get("ports") or []):
                 ppath = f"{cpath}.ports[{j}]"
                 if not _port_ok(port.get("containerPort")):
-                    errors.append(FieldError(f"{ppath}.containerPort", ErrorType.INVALID, port.get("containerPort"),
-                                             "must be between 1 and 65535, inclusive"))
+                    errors.append(_port_range_error(f"{ppath}.containerPort", port.get("containerPort")))
                 proto = port.get("protocol", "TCP")
-                if proto not in _PROTOCOLS:
-                    errors.append(FieldError(f"{ppath}.protocol", ErrorType.NOT_SUPPORTED, proto,
-                                             'supported values: "SCTP", "TCP", "UDP"'))
+                if bad_protocol := _protocol_error(f"{ppath}.protocol", proto):
+                    errors.append(bad_protocol)
                 pname = port.get("name")
                 if pname:
                     if pname in port_names:
@@ -337,12 +345,10 @@ def validate_service(obj: dict) -> list[FieldError]:
                 errors.append(FieldError(f"{ppath}.name", ErrorType.DUPLICATE, name))
             seen_names.add(name)
         if not _port_ok(port.get("port")):
-            errors.append(FieldError(f"{ppath}.port", ErrorType.INVALID, port.get("port"),
-                                     "must be between 1 and 65535, inclusive"))
+            errors.append(_port_range_error(f"{ppath}.port", port.get("port")))
         proto = port.get("protocol", "TCP")
-        if proto not in _PROTOCOLS:
-            errors.append(FieldError(f"{ppath}.protocol", ErrorType.NOT_SUPPORTED, proto,
-                                     'supported values: "SCTP", "TCP", "UDP"'))
+        if bad_protocol := _protocol_error(f"{ppath}.protocol", proto):
+            errors.append(bad_protocol)
         elif _port_ok(port.get("port")):
             if (port["port"], proto) in seen_ports:
                 errors.append(FieldError(ppath, ErrorType.DUPLICATE, {"port": port["port"], "protocol": proto}))
@@ -351,8 +357,7 @@ def validate_service(obj: dict) -> list[FieldError]:
         if target is not None:
             if isinstance(target, int) and not isinstance(target, bool):
                 if not _port_ok(target):
-                    errors.append(FieldError(f"{ppath}.targetPort", ErrorType.INVALID, target,
-                                             "must be between 1 and 65535, inclusive"))
+                    errors.append(_port_range_error(f"{ppath}.targetPort", target))
             elif not (isinstance(target, str) and is_dns1123_label(target) and len(target) <= 15):
                 errors.append(FieldError(f"{ppath}.targetPort", ErrorType.INVALID, target,
                                          "must contain at least one letter (a-z), at most 15 characters"))
@@ -362,8 +367,7 @@ def validate_service(obj: dict) -> list[FieldError]:
                 errors.append(FieldError(f"{ppath}.nodePort", ErrorType.FORBIDDEN,
                                          detail="may not be used when `type` is 'ClusterIP'"))
             elif not _port_ok(node_port):
-                errors.append(FieldError(f"{ppath}.nodePort", ErrorType.INVALID, node_port,
-                                         "must be between 1 and 65535, inclusive"))
+                errors.append(_port_range_error(f"{ppath}.nodePort", node_port))
     cluster_ip = spec.get("clusterIP")
     if cluster_ip not in (None, "", "None"):
         try:

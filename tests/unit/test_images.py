@@ -156,18 +156,8 @@ def echo_server(request: pytest.FixtureRequest) -> tuple[subprocess.Popen, list[
                 stream.close()
 
     request.addfinalizer(stop)
-    deadline = time.monotonic() + 5
     for port in ports:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"echo server exited early: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"echo server did not listen on port {port} within 5s")
-                time.sleep(0.02)
+        wait_listening(proc, port)
     return proc, ports
 
 
