@@ -150,6 +150,10 @@ def set_condition(conditions: list[dict], cond_type: str, status: str, reason: s
 
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
 TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+# Well-known labels and annotations that several components read or write.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # an EndpointSlice's Service
+HEADLESS_LABEL = "service.kubernetes.io/headless"
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 def with_default_tolerations(tolerations: list[dict], seconds: float) -> list[dict]:

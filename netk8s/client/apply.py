@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from netk8s.api import meta
 from netk8s.api.manifests import Manifest
 from netk8s.apiserver.patch import merge_patch
 from netk8s.client.rest import ApiClient
 from netk8s.errors import ApiError, UserError
 
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+LAST_APPLIED = meta.LAST_APPLIED_ANNOTATION
 
 
 class Action(str, Enum):

@@ -53,7 +53,7 @@ REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
 DESIRED_REPLICAS_ANNOTATION = "deployment.kubernetes.io/desired-replicas"
 MAX_REPLICAS_ANNOTATION = "deployment.kubernetes.io/max-replicas"
 ROLLBACK_TO_ANNOTATION = "deprecated.deployment.rollback.to"
-LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
+LAST_APPLIED_ANNOTATION = meta.LAST_APPLIED_ANNOTATION
 # Deployment annotations that are not copied onto its ReplicaSets.
 _SKIP_COPY = frozenset({LAST_APPLIED_ANNOTATION, REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION,
                         DESIRED_REPLICAS_ANNOTATION, MAX_REPLICAS_ANNOTATION, ROLLBACK_TO_ANNOTATION})

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "endpoint-controller"
 MANAGED_BY_LABEL = "endpoints.kubernetes.io/managed-by"
-HEADLESS_LABEL = "service.kubernetes.io/headless"
+HEADLESS_LABEL = meta.HEADLESS_LABEL
 OVER_CAPACITY_ANNOTATION = "endpoints.kubernetes.io/over-capacity"
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 TRUNCATED = "truncated"

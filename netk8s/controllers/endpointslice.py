@@ -24,7 +24,7 @@ from netk8s.errors import ApiError
 log = logging.getLogger(__name__)
 
 SLICES = ENDPOINTSLICES
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_NAME_LABEL = meta.SERVICE_NAME_LABEL
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "endpointslice-controller.k8s.io"
 MAX_ENDPOINTS_PER_SLICE = 100

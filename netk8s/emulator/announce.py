@@ -55,7 +55,7 @@ from netk8s.topology import Topology
 log = logging.getLogger(__name__)
 
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_NAME_LABEL = meta.SERVICE_NAME_LABEL
 RTPROT_NETK8S_LB = 78  # routing protocol number of announcement routes (host-gw/VXLAN routes use 77)
 NTF_PROXY = 0x08
 ETH_P_ARP = 0x0806

@@ -24,10 +24,10 @@ from netk8s.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_NAME_LABEL = meta.SERVICE_NAME_LABEL
 # Services carrying these labels are not ours to proxy (another proxy owns them, or they are headless).
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
-HEADLESS_LABEL = "service.kubernetes.io/headless"
+HEADLESS_LABEL = meta.HEADLESS_LABEL
 
 
 class ServiceType(str, Enum):
