@@ -138,10 +138,12 @@ class ClusterDaemon:
         ruleset = None
         if topo.proxy_mode is ProxyMode.NFTABLES:
             ruleset = NftablesRuleSet(NetnsNft(ns), config, NftablesOptions(service_cidrs=(topo.service_subnet,)))
-        proxier = Proxier(self.client, config, ns, ruleset=ruleset, after_sync=ConntrackCleaner(ns).after_sync)
+        health = ProxyHealth(self.client, node_name, ns, topo.proxy_mode, lambda: proxier.last_sync_time)
+        proxier = Proxier(self.client, config, ns, ruleset=ruleset,
+                          after_sync=(ConntrackCleaner(ns).after_sync, health.after_sync))
         self.proxiers[node_name] = proxier
+        self._run(health)
         self._run(proxier)
-        self._run(ProxyHealth(self.client, node_name, ns, topo.proxy_mode, lambda: proxier.last_sync_time))
 
     def _run(self, component: Controller) -> None:
         self.agents.append(component)

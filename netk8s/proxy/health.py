@@ -20,9 +20,12 @@ inside its own network namespace:
 
 The response logic is pure (``healthz_response``, ``service_health_response``,
 ``health_checks``, ...) and unit-tested with a fake clock. ``ProxyHealth`` is
-the Controller that watches Services, EndpointSlices and its Node and runs
-the servers: sockets are created in the node namespace with
-``netns.socket_in`` and served from threads, so no process is started.
+the Controller that runs the servers: sockets are created in the node
+namespace with ``netns.socket_in`` and served from threads, so no process is
+started. As in kube-proxy, the service health checks follow what the proxier
+installed, not the API: the proxier's ``after_sync`` hook hands each sync's
+state to ``ProxyHealth.after_sync``, which recomputes the checks of the
+services that changed only. It watches nothing but its own Node.
 ``prepare_node`` sets the sysctls kube-proxy sets before its first sync.
 """
 
@@ -41,14 +44,15 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import NamedTuple
 
-from netk8s.api.resources import ENDPOINTSLICES, NODES, SERVICES
+from netk8s.api.resources import NODES
 from netk8s.client.controller import Controller
 from netk8s.client.events import WARNING, EventRecorder
 from netk8s.client.informer import Informer
 from netk8s.client.rest import ApiClient
 from netk8s.errors import KernelError
 from netk8s.kernel import netns
-from netk8s.proxy.model import Endpoint, ServicePort, ServiceType, build_endpoints, build_service_ports
+from netk8s.proxy.backend import ProxyState, ServiceKey
+from netk8s.proxy.model import Endpoint, ServicePort, ServiceType
 from netk8s.topology import ProxyMode
 
 log = logging.getLogger(__name__)
@@ -399,8 +403,6 @@ class ProxyHealth(Controller):
         self._livez_counts: dict[int, int] = {}
         self._servers: list[NetnsHttpServer] = []
         self._recorder: EventRecorder | None = None
-        self._services: Informer | None = None
-        self._slices: Informer | None = None
         self._nodes: Informer | None = None
 
     # -- responses (what the servers answer; callable without any server) ------------------------
@@ -459,14 +461,23 @@ class ProxyHealth(Controller):
     # -- wiring ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self._services = self.informer(SERVICES)
-        self._slices = self.informer(ENDPOINTSLICES)
         self._nodes = self.informer(NODES, field_selector=f"metadata.name={self.node_name}")
-        self._services.add_handler(self._enqueue)
-        self._slices.add_handler(self._enqueue)
         self._nodes.add_handler(self._on_node)
 
-    def _enqueue(self, event: str, old: dict | None, new: dict | None) -> None:
+    def after_sync(self, old: ProxyState | None, new: ProxyState, changed: frozenset[ServiceKey]) -> None:
+        """The proxier applied ``new``: update the health checks of the ``changed`` services (all on
+        the first sync) and have the worker open and close their servers."""
+        if old is None:
+            wanted = health_checks(new.service_ports, new.endpoints)
+        else:
+            with self._lock:
+                wanted = dict(self._checks)
+            for key in changed:
+                wanted.pop(ServiceName(*key.split("/", 1)), None)
+            ports = new.ports_of(changed)
+            wanted.update(health_checks((sp for key in changed for sp in ports.get(key, ())), new.endpoints))
+        with self._lock:
+            self._checks = wanted
         self.queue.add(_SYNC_KEY)
 
     def _on_node(self, event: str, old: dict | None, new: dict | None) -> None:
@@ -494,12 +505,7 @@ class ProxyHealth(Controller):
         return self._servers[1].port if len(self._servers) > 1 else self.config.metrics_port
 
     def sync(self, key: str) -> None:
-        assert self._services is not None and self._slices is not None
-        service_ports = build_service_ports(self._services.list())
-        endpoints = build_endpoints(self._slices.list(), self.node_name)
-        wanted = health_checks(service_ports, endpoints)
-        with self._lock:
-            self._checks = wanted
+        wanted = self.health_checks()
         failed: list[str] = []
         for name, server in list(self._check_servers.items()):
             if name not in wanted or wanted[name].port != server.requested_port:

@@ -31,10 +31,11 @@ Counters for tests, status and benchmarks: ``sync_count`` (successful syncs),
 ``last_sync_time`` (Unix time of the last successful sync, skipped ones
 included: the rules were confirmed current) feeds the health server.
 
-``after_sync(old_state, new_state, changed)``, when given, runs after every
-sync that applied rules (e.g. the conntrack clean-up of removed UDP
-endpoints); ``changed`` names the services whose inputs differ from what the
-previous sync applied. Its errors are logged and never fail the sync.
+``after_sync``: hooks ``(old_state, new_state, changed)`` run, in order, after
+every sync that applied rules (the conntrack clean-up of removed UDP
+endpoints, the service health checks); ``changed`` names the services whose
+inputs differ from what the previous sync applied. A hook's errors are logged
+and fail neither the sync nor the other hooks.
 
 The mode is chosen by passing a ``ruleset``; without one the proxier runs the
 iptables mode (``IptablesRuleSet``) on ``backend`` or, by default, on the
@@ -49,7 +50,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from netk8s.api import meta
 from netk8s.api.resources import ResourceType, by_plural
@@ -73,6 +74,9 @@ __all__ = ["Proxier", "RuleBackend", "RuleSet", "ServiceInputs"]
 log = logging.getLogger(__name__)
 
 _SYNC_KEY = "sync"
+
+# A hook run after each sync that applied rules: (state applied before, state applied now, changed services).
+AfterSync = Callable[[ProxyState | None, ProxyState, frozenset[ServiceKey]], object]
 
 
 def _resource(group: str, plural: str) -> ResourceType:
@@ -139,8 +143,7 @@ class Proxier(Controller):
     def __init__(self, client: ApiClient, config: ProxyConfig, netns_name: str, min_sync_interval: float = 0.05,
                  backend: RuleBackend | None = None, sync_period: float = 30.0,
                  ruleset: RuleSet | None = None,
-                 after_sync: Callable[[ProxyState | None, ProxyState, frozenset[ServiceKey]], object] | None = None
-                 ) -> None:
+                 after_sync: AfterSync | Sequence[AfterSync] | None = None) -> None:
         super().__init__(client)
         self.name = f"kube-proxy-{config.node_name}"
         self.config = config
@@ -150,7 +153,8 @@ class Proxier(Controller):
         if ruleset is None:
             ruleset = IptablesRuleSet(backend if backend is not None else NetnsIptables(netns_name), config)
         self.ruleset: RuleSet = ruleset
-        self.after_sync = after_sync
+        self.after_sync: tuple[AfterSync, ...] = (
+            () if after_sync is None else (after_sync,) if callable(after_sync) else tuple(after_sync))
         self.sync_count = 0
         self.full_sync_count = 0
         self.partial_sync_count = 0
@@ -286,12 +290,13 @@ class Proxier(Controller):
         finally:
             self._last_sync_end = time.monotonic()
         previous = self._applied
-        if result is not None and self.after_sync is not None:
+        if result is not None:
             # Before the sync counts as done, so waiting for a sync also waits for the clean-up.
-            try:
-                self.after_sync(previous, state, changed)
-            except Exception:
-                log.exception("%s: after-sync hook failed", self.name)
+            for hook in self.after_sync:
+                try:
+                    hook(previous, state, changed)
+                except Exception:
+                    log.exception("%s: after-sync hook %s failed", self.name, getattr(hook, "__qualname__", hook))
         for key in self._unapplied:
             inputs = self._inputs.inputs(key) if self._inputs is not None else ((), ())
             if inputs == ((), ()):

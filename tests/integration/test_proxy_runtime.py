@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -32,7 +32,8 @@ from netk8s.kernel import conntrack, netns
 from netk8s.kernel.conntrack import ConntrackCleaner
 from netk8s.proxy.conntrack import ConntrackFilter
 from netk8s.proxy.health import HealthConfig, ProxyHealth, prepare_node
-from netk8s.proxy.model import Endpoint, ServicePort
+from netk8s.proxy.model import Endpoint, ProxyConfig, ServicePort
+from netk8s.proxy.proxier import Proxier
 from netk8s.testing.helpers import wait_for
 
 
@@ -96,9 +97,13 @@ def test_health_servers_answer_inside_the_node_namespace(api: ApiClient, namespa
     node = namespaces("node")
     last = [time.time()]
     health = ProxyHealth(api, "worker", node, "iptables", lambda: last[0], HealthConfig(healthz_timeout=60))
+    # The service health checks follow what this node's proxier installed (its after-sync hook).
+    proxier = Proxier(api, ProxyConfig("worker", IPv4Address("172.18.0.3"), IPv4Network("10.244.0.0/16")), node,
+                      after_sync=health.after_sync)
     health.start()
+    proxier.start()
     try:
-        assert health.wait_synced(5)
+        assert health.wait_synced(5) and proxier.wait_synced(5)
         healthz = curl(node, "http://127.0.0.1:10256/healthz")
         assert healthz is not None and healthz.status == 200
         assert healthz.headers["Content-Type"] == "application/json"
@@ -141,6 +146,8 @@ def test_health_servers_answer_inside_the_node_namespace(api: ApiClient, namespa
         api.delete(SERVICES, "web", "default")
         wait_for(lambda: curl(node, url) is None, timeout=10, what="the health check port to close")
     finally:
+        proxier.stop()
+        proxier.join()
         health.stop()
         health.join()
     assert curl(node, "http://127.0.0.1:10256/healthz") is None  # servers gone with stop()

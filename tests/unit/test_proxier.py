@@ -544,8 +544,11 @@ def test_proxier_after_sync_hook_and_last_sync_time(api_factory: Callable[..., A
         if len(calls) == 2:
             raise RuntimeError("hook failure must not fail the sync")
 
+    later: list[frozenset[str]] = []  # a second hook runs even when the first one fails
+
     before = time.time()
-    proxier, kernel = proxier_factory(api, sync_period=0, after_sync=hook)
+    proxier, kernel = proxier_factory(api, sync_period=0,
+                                      after_sync=[hook, lambda old, new, changed: later.append(changed)])
     _wait(proxier)
     assert proxier.last_sync_time is not None and proxier.last_sync_time >= before
     assert calls == [(None, ProxyState((), {}))]
@@ -554,4 +557,5 @@ def test_proxier_after_sync_hook_and_last_sync_time(api_factory: Callable[..., A
     _until(lambda: proxier.sync_count == 2, "the second sync to count")
     old, new = calls[1]
     assert old == ProxyState((), {}) and [p.name for p in new.service_ports] == ["web"]
+    assert later == [frozenset(), frozenset({"default/web"})]
     assert proxier.failed_sync_count == 0 and proxier.last_sync_error is None

@@ -4,6 +4,7 @@ counts, node sysctls, and the UDP conntrack clean-up plan."""
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Mapping, Sequence
@@ -14,6 +15,7 @@ from netk8s.api.network import Protocol
 from netk8s.client.rest import ApiClient
 from netk8s.errors import KernelError
 from netk8s.kernel.conntrack import ConntrackCleaner
+from netk8s.proxy.backend import ProxyState, changed_services
 from netk8s.proxy.conntrack import ConntrackFilter, plan_cleanup
 from netk8s.proxy.health import (
     HealthConfig,
@@ -179,6 +181,31 @@ def test_health_checks_count_ready_local_endpoint_ips_once() -> None:
     assert other[ServiceName("default", "web")].local_endpoints == 1
     none = health_checks(build_service_ports(services), build_endpoints(slices, "control-plane"))
     assert none[ServiceName("default", "web")].local_endpoints == 0
+
+
+def test_health_checks_follow_the_proxiers_syncs_one_changed_service_at_a_time() -> None:
+    rng = random.Random(7)
+    health = ProxyHealth(ApiClient("http://127.0.0.1:9"), "worker", "nk-unused", "iptables", lambda: None)
+
+    def random_state() -> ProxyState:
+        services, slices = [], []
+        for i in range(8):
+            if rng.random() < 0.3:
+                continue  # this service is absent from this sync
+            name = f"svc{i}"
+            services.append(lb_service(name, 32000 + i + rng.choice((0, 100)), policy=rng.choice(("Local", "Cluster")),
+                                       svc_type=rng.choice(("LoadBalancer", "LoadBalancer", "NodePort"))))
+            slices.append(epslice(name, [(f"10.244.{n}.{i + 2}", f"worker{'' if n == 1 else n}", rng.random() < 0.7)
+                                         for n in (1, 2) if rng.random() < 0.8]))
+        return ProxyState.of(build_service_ports(services), build_endpoints(slices, "worker"))
+
+    previous: ProxyState | None = None
+    for _ in range(40):
+        state = random_state()
+        health.after_sync(previous, state, changed_services(previous, state))
+        assert health.health_checks() == health_checks(state.service_ports, state.endpoints)
+        previous = state
+    assert len(health.queue) == 1  # each sync asked the worker to open and close servers; one pending run
 
 
 def test_proxy_mode_metrics_and_sysctls() -> None:
