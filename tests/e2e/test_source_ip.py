@@ -170,9 +170,15 @@ def test_health_check_node_port_answers_by_local_endpoints(cluster: Cluster) -> 
     port = cluster.get("service", "lb-local")["spec"]["healthCheckNodePort"]
     host = cluster.host("client")
     for node, code, local in (("worker", "200", 1), ("worker2", "503", 0)):
-        out = host.exec(["curl", "-s", "-w", "\\n%{http_code}", f"http://{node_ip(cluster, node)}:{port}/"]).stdout
-        body, status = out.rsplit("\n", 1)
-        assert status == code, out
+        def answer(node: str = node) -> tuple[str, str]:
+            out = host.exec(["curl", "-s", "-m", "2", "-w", "\\n%{http_code}",
+                             f"http://{node_ip(cluster, node)}:{port}/"]).stdout
+            body, status = out.rsplit("\n", 1)
+            return body, status
+        # Like a cloud load balancer, probe until the node's kube-proxy has opened the port.
+        body, status = cluster.wait_for(lambda: (got := answer()) and got[1] != "000" and got, timeout=20,
+                                        interval=0.2, what=f"the health check on {node} to answer")
+        assert status == code, (body, status)
         assert json.loads(body)["localEndpoints"] == local
 
 
