@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proto", default="tcp", choices=("tcp", "udp", "sctp"))
     p.add_argument("-n", "--namespace", default="default")
 
+    p = sub.add_parser("capture", parents=[common], help="capture packets in a pod, node, host, router or switch",
+                       description="Run tcpdump in TARGET's network namespace: packet lines as they come, "
+                                   "or a pcap file with -w. Stops after -c packets, --duration seconds or Ctrl-C.")
+    p.add_argument("target", help="a pod name (or pod/NAME), node/NAME, host/NAME, router/NAME or switch/NAME")
+    p.add_argument("filter", nargs="*", help="tcpdump filter, e.g. tcp port 8080 (default: every packet)")
+    p.add_argument("-n", "--namespace", default="default", help="the pod's namespace")
+    p.add_argument("-i", "--interface", default="any", help="interface in the target (default: any)")
+    p.add_argument("-c", "--count", type=int, default=0, help="stop after this many packets")
+    p.add_argument("-w", "--write", metavar="FILE", help="write a pcap file instead of printing packets")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+
     p = sub.add_parser("exec", parents=[common], help="run a command in a pod: netk8s exec POD -- CMD...")
     p.add_argument("pod")
     p.add_argument("-n", "--namespace", default="default")
@@ -334,6 +345,45 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from netk8s.kernel.tcpdump import Tcpdump
+
+    if args.count < 0:
+        raise UserError(f"capture: --count {args.count} must be 0 (no limit) or more")
+    if args.duration is not None and args.duration <= 0:
+        raise UserError(f"capture: --duration {args.duration:g} must be more than 0 seconds")
+    pcap = Path(args.write).resolve() if args.write else None
+    if pcap is not None and not pcap.parent.is_dir():
+        raise UserError(f"capture: -w {args.write}: directory {pcap.parent} does not exist")
+    if os.geteuid() != 0:
+        raise UserError("capture needs root (it enters network namespaces): run it with sudo")
+    cluster = _cluster(args)
+    netns_name, where = cluster.netns_of(args.target, args.namespace)
+
+    def show(line: str) -> None:
+        print(line, flush=True)
+    dump = Tcpdump(netns_name, args.interface, " ".join(args.filter), args.count, pcap, where,
+                   on_line=None if pcap else show)
+    dump.start()
+    assert dump.pid is not None
+    pid = dump.pid
+    cluster.track_process(pid, f"tcpdump in {where}")
+    print(f"capturing in {where} on {args.interface}{f', writing {pcap}' if pcap else ''}; Ctrl-C to stop",
+          file=sys.stderr, flush=True)
+    try:
+        dump.wait(args.duration)
+    except KeyboardInterrupt:
+        pass  # like tcpdump: Ctrl-C ends the capture, not in error
+    finally:
+        dump.stop()
+        cluster.state.forget_pid(pid)
+    captured = dump.captured()
+    print(f"{'?' if captured is None else captured} packets captured", file=sys.stderr)
+    return 0
+
+
 def cmd_node_power(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     cluster.set_node_stopped(args.target, args.action == "stop")
@@ -350,13 +400,18 @@ def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
 COMMANDS = {
     "up": cmd_up, "down": cmd_down, "clusters": cmd_clusters, "kubeconfig": cmd_kubeconfig,
     "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "logs": cmd_logs, "trace": cmd_trace,
+    "capture": cmd_capture,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     own, command = split_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(own)
+    # A capture filter is free text ("tcp port 80") that may sit before or after the options:
+    # argparse hands back the words it did not place.
+    args, unplaced = parser.parse_known_args(own)
+    if unplaced and args.command != "capture":
+        parser.error(f"unrecognized arguments: {' '.join(unplaced)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -368,6 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_node_power(args)
         if args.command in ("node", "host", "router", "switch"):
             return cmd_machine_exec(args, command)
+        if args.command == "capture":
+            unknown_options = [word for word in unplaced if word.startswith("-")]
+            if unknown_options:
+                raise UserError(f"capture: unknown option {unknown_options[0]}; put a filter that starts with "
+                                "'-' after --")
+            args.filter = [*args.filter, *unplaced, *command]
+            return cmd_capture(args)
         if command:
             raise UserError(f"unexpected arguments after --: {' '.join(command)}")
         return COMMANDS[args.command](args)

@@ -20,7 +20,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
@@ -32,6 +32,7 @@ from netk8s.cluster import lifecycle
 from netk8s.cluster.naming import KUBELET_STOPPED_ANNOTATION, node_netns, pod_netns
 from netk8s.cluster.state import ClusterRecord, StateDir
 from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
+from netk8s.kernel.procs import start_time
 from netk8s.kubelet.podfiles import pod_identity
 from netk8s.kubelet.runtime import DEFAULT_PATH
 from netk8s.kubelet.sandbox import pod_enter_argv
@@ -39,6 +40,9 @@ from netk8s.proxy.model import SERVICE_NAME_LABEL, build_endpoints, build_servic
 from netk8s.proxy.nftables_trace import trace_nftables
 from netk8s.proxy.trace import Packet, TraceResult, trace_iptables
 from netk8s.topology import ProxyMode, Topology, default_topology, load_dict, load_file
+
+if TYPE_CHECKING:
+    from netk8s.capture import Capture
 
 T = TypeVar("T")
 
@@ -231,6 +235,53 @@ class Cluster:
     def node(self, name: str) -> Machine:
         self.topology.node(name)  # raises NotFoundError naming the known nodes
         return Machine(name, node_netns(self.name, name))
+
+    def netns_of(self, target: str, namespace: str = "default") -> tuple[str, str]:
+        """The network namespace of ``target`` and how to name it in messages.
+
+        ``target``: a pod name or ``pod/NAME`` (in ``namespace``), ``node/NAME``,
+        ``host/NAME``, ``router/NAME`` or ``switch/NAME``.
+        """
+        kind, name = target.split("/", 1) if "/" in target else ("pod", target)
+        machines = {"node": self.node, "host": self.host, "router": self.router, "switch": self.switch}
+        if kind in machines and name:
+            return machines[kind](name).netns, f"{kind}/{name}"
+        if kind != "pod" or not name:
+            raise UserError(f"target {target!r}: give a pod name, pod/NAME, node/NAME, host/NAME, router/NAME "
+                            "or switch/NAME")
+        try:
+            pod = self.get("pod", name, namespace)
+        except ApiError as exc:
+            if exc.code == 404:
+                raise NotFoundError(f'pods "{name}" not found in namespace "{namespace}"') from None
+            raise
+        status = pod.get("status") or {}
+        if not status.get("podIP") and status.get("phase") != "Running":
+            raise UserError(f'pod "{name}" has no network namespace yet (it is {status.get("phase", "Pending")}); '
+                            "wait until it runs")
+        return pod_netns(self.name, pod), f"pod {namespace}/{name}"
+
+    def capture(self, target: str, bpf_filter: str = "", interface: str = "any", namespace: str = "default",
+                count: int = 0, pcap: str | Path | None = None) -> Capture:
+        """A packet capture in ``target``'s namespace (see ``netns_of``), started by ``with`` or ``start()``.
+
+        ``bpf_filter`` is tcpdump's filter syntax; ``interface`` one of the
+        target's interfaces or ``any``; ``count`` stops after that many
+        packets; ``pcap`` keeps the capture in that file. tcpdump's PID is
+        recorded with the cluster while it runs, so ``down`` stops it too.
+        """
+        from netk8s.capture import Capture  # tempfile and scapy only when capturing
+
+        netns_name, where = self.netns_of(target, namespace)
+
+        return Capture(netns_name, bpf_filter, interface, count, pcap, where,
+                       on_start=lambda pid: self.track_process(pid, f"tcpdump in {where}"),
+                       on_stop=self.state.forget_pid)
+
+    def track_process(self, pid: int, what: str) -> None:
+        """Record a process started for this cluster from outside its daemon, so ``down`` stops it
+        if it still runs (``state.forget_pid`` when it ended)."""
+        self.state.record_pid(pid, start_time(pid), what)
 
     # -- kube-proxy ------------------------------------------------------------------------
 

@@ -2,23 +2,21 @@
 seen with tcpdump inside switch and router namespaces; link loss measured with ping; a delay the
 kernel cannot emulate refused at `up`.
 
-Each capture is a tcpdump started in the background (its PID recorded, killed at the end) with
-``-c N`` and a timeout, read after the traffic was sent.
+Each capture is ``cluster.capture`` on one switch or router port with ``count=N``, read once N
+packets arrived (or after a timeout).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Iterator
 
 import pytest
 
+from netk8s.capture import Capture
 from netk8s.cluster.api import Cluster
 from netk8s.cluster.state import StateDir
 from netk8s.kernel.links import read_kernel_config
@@ -30,51 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 LEAF_SPINE = REPO / "topologies" / "leaf-spine.yaml"
 
 
-class Capture:
-    """``tcpdump -c COUNT`` on one interface of a namespace, in the background."""
-
-    def __init__(self, netns_name: str, iface: str, bpf: str, count: int, timeout: float = 20) -> None:
-        self._out: IO[bytes] = tempfile.TemporaryFile()
-        self._err: IO[bytes] = tempfile.TemporaryFile()
-        argv = ["ip", "netns", "exec", netns_name, "timeout", str(int(timeout)),
-                "tcpdump", "-l", "-n", "-i", iface, "-c", str(count), bpf]
-        # Own session: the PID is a process group leader we can signal, with tcpdump under it.
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, start_new_session=True)
-        wait_for(lambda: b"listening on" in self._read(self._err) or self.proc.poll() is not None, timeout=10,
-                 what=f"tcpdump on {netns_name}:{iface} to start")
-        if self.proc.poll() is not None:
-            raise AssertionError(f"tcpdump exited early: {self._read(self._err).decode(errors='replace')}")
-
-    @staticmethod
-    def _read(f: IO[bytes]) -> bytes:
-        f.seek(0)
-        return f.read()
-
-    def result(self, timeout: float = 10) -> str:
-        """The packets printed, once COUNT were seen (or after ``timeout``)."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        self.stop()
-        return self._read(self._out).decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-    def __enter__(self) -> "Capture":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-        self._out.close()
-        self._err.close()
+def captured_text(cap: Capture, timeout: float = 20) -> str:
+    """The lines of a ``count``-limited capture once its packets arrived (or after ``timeout``)."""
+    if not cap.wait(timeout):
+        cap.stop()
+    return "\n".join(cap.lines)
 
 
 def pod(name: str, node: str) -> dict:
@@ -124,11 +82,11 @@ def ns_of(cluster: Cluster, name: str) -> str:
 
 
 def switch_port(cluster: Cluster, member: str) -> tuple[str, str]:
-    """(switch namespace, switch port) of ``member``'s first switch link."""
+    """(``switch/NAME``, switch port) of ``member``'s first switch link."""
     for link in cluster.topology.links:
         if link.switch is not None and member in (link.a.name, link.b.name):
             port = link.a if link.a.name == link.switch else link.b
-            return ns_of(cluster, link.switch), port.ifname
+            return f"switch/{link.switch}", port.ifname
     raise AssertionError(f"{member} has no switch link")
 
 
@@ -153,10 +111,10 @@ def test_hostgw_pod_packets_cross_the_switch_with_pod_addresses(hostgw: Cluster)
     routes = hostgw.node("worker").exec(["ip", "route", "show", "proto", "77"], check=True).stdout
     assert "10.244.2.0/24 via 172.18.0.4 dev eth0" in routes  # worker2's pod CIDR via worker2
     ping_ok(hostgw, "a", b)
-    switch_ns, port = switch_port(hostgw, "worker")
-    with Capture(switch_ns, port, f"icmp and host {a}", count=2) as cap:
+    switch, port = switch_port(hostgw, "worker")
+    with hostgw.capture(switch, f"icmp and host {a}", interface=port, count=2) as cap:
         ping_ok(hostgw, "a", b)
-        text = cap.result()
+        text = captured_text(cap)
     assert f"IP {a} > {b}: ICMP echo request" in text, text
     assert f"IP {b} > {a}: ICMP echo reply" in text, text
     assert "8472" not in text
@@ -178,15 +136,20 @@ def vxlan() -> Iterator[Cluster]:
 def test_vxlan_pod_packets_travel_inside_udp_8472(vxlan: Cluster) -> None:
     a, b = pod_ip(vxlan, "a"), pod_ip(vxlan, "b")
     ping_ok(vxlan, "a", b)
-    switch_ns, port = switch_port(vxlan, "worker")
-    with Capture(switch_ns, port, "udp port 8472", count=2) as cap:
+    switch, port = switch_port(vxlan, "worker")
+    with vxlan.capture(switch, "udp port 8472", interface=port, count=2) as cap:
         ping_ok(vxlan, "a", b)
-        text = cap.result()
+        text = captured_text(cap)
     # tcpdump decodes port 8472 as OTV (the same header as VXLAN) and prints the inner packet.
     assert re.search(r"IP 172\.18\.0\.3\.\d+ > 172\.18\.0\.4\.8472: .*instance 1", text), text
     assert re.search(r"IP 172\.18\.0\.4\.\d+ > 172\.18\.0\.3\.8472: .*instance 1", text), text
     assert f"IP {a} > {b}: ICMP echo request" in text, text
     assert f"IP {b} > {a}: ICMP echo reply" in text, text
+    # The same from the parsed packets: VNI 1 between the VTEPs, the pods' ICMP inside.
+    outer = cap.select(protocol="UDP", src="172.18.0.3", dst="172.18.0.4", dport=8472)
+    assert outer and outer[0].vni == 1 and outer[0].inner is not None
+    assert (str(outer[0].inner.src), str(outer[0].inner.dst), outer[0].inner.protocol, outer[0].inner.icmp_type) \
+        == (a, b, "ICMP", 8)
 
 
 def test_vxlan_nodes_publish_their_vteps_and_pods_get_the_overlay_mtu(vxlan: Cluster) -> None:
@@ -239,10 +202,10 @@ def test_fabric_pod_to_pod_across_racks(fabric: Cluster) -> None:
     a, b = pod_ip(fabric, "a"), pod_ip(fabric, "b")
     mode = fabric.topology.networking_mode.value
     out = ping_ok(fabric, "a", b)
-    with Capture(ns_of(fabric, "spine"), spine_port_towards(fabric, "leaf2"), f"host {b} or udp port 8472",
-                 count=2) as cap:
+    with fabric.capture("router/spine", f"host {b} or udp port 8472", interface=spine_port_towards(fabric, "leaf2"),
+                        count=2) as cap:
         ping_ok(fabric, "a", b)
-        text = cap.result()
+        text = captured_text(cap)
     assert f"IP {a} > {b}: ICMP echo request" in text, text
     assert f"IP {b} > {a}: ICMP echo reply" in text, text
     if mode == "host-gw":
