@@ -29,6 +29,16 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _flag(text: str) -> bool:
+    """A kubectl-style boolean flag value (``--watch=false``)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "t", "yes"):
+        return True
+    if value in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="netk8s", parents=[_common()],
@@ -68,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("-f", "--filename", action="append", metavar="FILE")
     p.add_argument("-n", "--namespace")
+
+    p = sub.add_parser("scale", parents=[common], help="set the replicas of a deployment or replicaset")
+    p.add_argument("target", nargs="+", metavar="TARGET", help="deployment NAME, deployment/NAME, replicaset ...")
+    p.add_argument("--replicas", type=int, required=True, help="the new number of replicas")
+    p.add_argument("--current-replicas", type=int, help="only scale when it has this many now")
+    p.add_argument("-n", "--namespace", default="default")
+
+    p = sub.add_parser("rollout", parents=[common], help="follow a deployment's rollout")
+    rollout_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    rollout_sub.required = True
+    r = rollout_sub.add_parser("status", parents=[common], help="wait until a deployment's rollout is done")
+    r.add_argument("target", nargs="+", metavar="TARGET", help="deployment NAME or deployment/NAME")
+    r.add_argument("-n", "--namespace", default="default")
+    r.add_argument("-w", "--watch", type=_flag, nargs="?", const=True, default=True,
+                   help="keep watching until done (--watch=false: look once)")
+    r.add_argument("--timeout", type=float, default=0, help="seconds to wait (0: no limit)")
 
     p = sub.add_parser("logs", parents=[common], help="print a container's log")
     p.add_argument("pod")
@@ -294,6 +320,27 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from netk8s.client.rollout import SCALABLE, parse_target, scale
+
+    resource, name = parse_target(args.target, "scale", SCALABLE)
+    cluster = _cluster(args)
+    scale(cluster.client, resource, name, args.namespace, args.replicas, args.current_replicas)
+    print(f"{resource.singular}.{resource.group}/{name} scaled")
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from netk8s.api.resources import DEPLOYMENTS
+    from netk8s.client.rollout import parse_target, wait_rollout
+
+    _, name = parse_target(args.target, "rollout status", {"deployment": DEPLOYMENTS})
+    cluster = _cluster(args)
+    wait_rollout(cluster.client, name, args.namespace, args.timeout, lambda line: print(line, flush=True),
+                 watch=args.watch)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from netk8s.api.resources import PODS
 
@@ -400,7 +447,7 @@ def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
 COMMANDS = {
     "up": cmd_up, "down": cmd_down, "clusters": cmd_clusters, "kubeconfig": cmd_kubeconfig,
     "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "logs": cmd_logs, "trace": cmd_trace,
-    "capture": cmd_capture,
+    "capture": cmd_capture, "scale": cmd_scale, "rollout": cmd_rollout,
 }
 
 

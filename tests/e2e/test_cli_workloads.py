@@ -1,0 +1,65 @@
+"""``netk8s scale`` and ``netk8s rollout status`` on a running cluster, as kubectl users type them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from netk8s.cluster.api import Cluster
+from netk8s.testing.helpers import CliResult, run_cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster(netk8s_cluster: Cluster) -> Iterator[Cluster]:
+    netk8s_cluster.apply(REPO / "topologies" / "apps" / "echo.yaml")
+    yield netk8s_cluster
+
+
+def netk8s(cluster: Cluster, *args: str) -> CliResult:
+    return run_cli("--cluster", cluster.name, *args, timeout=120)
+
+
+def test_rollout_status_follows_a_scale_to_the_end(cluster: Cluster) -> None:
+    first = netk8s(cluster, "rollout", "status", "deployment/echo", "--timeout", "60")
+    assert first.code == 0, first.stderr
+    assert first.stdout.splitlines()[-1] == 'deployment "echo" successfully rolled out'
+    scaled = netk8s(cluster, "scale", "deployment", "echo", "--replicas", "5")
+    assert (scaled.code, scaled.stdout) == (0, "deployment.apps/echo scaled\n"), scaled.stderr
+    followed = netk8s(cluster, "rollout", "status", "deploy/echo", "--timeout", "60")
+    assert followed.code == 0, followed.stderr
+    lines = followed.stdout.splitlines()
+    assert lines[-1] == 'deployment "echo" successfully rolled out'
+    assert all(line.startswith(('Waiting for deployment "echo" rollout to finish: ', "Waiting for deployment spec"))
+               for line in lines[:-1]), lines
+    assert cluster.get("deployment", "echo")["status"]["availableReplicas"] == 5
+    once = netk8s(cluster, "rollout", "status", "deployment/echo", "--watch=false")
+    assert once.stdout == 'deployment "echo" successfully rolled out\n'
+
+
+def test_scale_precondition_and_replicasets(cluster: Cluster) -> None:
+    stale = netk8s(cluster, "scale", "deployment/echo", "--replicas", "1", "--current-replicas", "7")
+    assert stale.code == 1 and "Expected replicas to be 7, was " in stale.stderr
+    down = netk8s(cluster, "scale", "deployment/echo", "--replicas", "2",
+                  "--current-replicas", str(cluster.get("deployment", "echo")["spec"]["replicas"]))
+    assert down.code == 0, down.stderr
+    assert netk8s(cluster, "rollout", "status", "deployment/echo", "--timeout", "60").code == 0
+    pods = cluster.list("pods", "default", "app=echo")
+    assert len([p for p in pods if not p["metadata"].get("deletionTimestamp")]) == 2  # others are Terminating
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["scale", "pod/client", "--replicas", "2"], 2, "scale: 'pod' is not supported; use deployment or replicaset"),
+    (["scale", "deployment/echo"], 2, "the following arguments are required: --replicas"),
+    (["scale", "deployment/echo", "--replicas", "-3"], 2, "--replicas -3 must be 0 or more"),
+    (["rollout", "status", "deployment/nosuch"], 2, 'deployments.apps "nosuch" not found'),
+    (["rollout", "status", "rs/echo"], 2, "rollout status: 'rs' is not supported; use deployment"),
+    (["rollout", "status", "deployment/echo", "--watch=maybe"], 2, "'maybe' is not true or false"),
+])
+def test_bad_input_is_one_line_and_exit_2(cluster: Cluster, args: list[str], code: int, message: str) -> None:
+    result = netk8s(cluster, *args)
+    assert result.code == code, (result.stdout, result.stderr)
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
