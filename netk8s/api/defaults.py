@@ -2,7 +2,7 @@
 
 Only fields the emulator uses or that ``kubectl get -o yaml`` users expect to
 see are defaulted: Pod restartPolicy/dnsPolicy/grace period, container port
-protocols, Service type/sessionAffinity/ipFamilies/targetPort, Deployment
+protocols, probe timings and HTTP scheme, Service type/sessionAffinity/ipFamilies/targetPort, Deployment
 strategy and revision history. Functions mutate the object passed in.
 """
 
@@ -31,6 +31,21 @@ def default_pod_spec(spec: dict) -> None:
             for port in c.get("ports") or []:
                 if isinstance(port, dict):
                     port.setdefault("protocol", "TCP")
+            for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if isinstance(c.get(kind), dict):
+                    default_probe(c[kind])
+
+
+def default_probe(probe: dict) -> None:
+    """SetDefaults_Probe and SetDefaults_HTTPGetAction (what ``kubectl describe`` shows as timeout=1s ...)."""
+    probe.setdefault("timeoutSeconds", 1)
+    probe.setdefault("periodSeconds", 10)
+    probe.setdefault("successThreshold", 1)
+    probe.setdefault("failureThreshold", 3)
+    http_get = probe.get("httpGet")
+    if isinstance(http_get, dict):
+        http_get.setdefault("path", "/")
+        http_get.setdefault("scheme", "HTTP")
 
 
 def default_pod(obj: dict) -> None:

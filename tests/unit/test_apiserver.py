@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from netk8s.api.resources import NODES, PODS, REPLICASETS, SERVICES
+from netk8s.api.resources import DEPLOYMENTS, NODES, PODS, REPLICASETS, SERVICES
 from netk8s.client.rest import ApiClient
 from netk8s.errors import ApiError
 
@@ -32,6 +32,23 @@ def test_create_defaults_and_metadata(api: ApiClient) -> None:
     assert created["spec"]["restartPolicy"] == "Always" and created["status"]["phase"] == "Pending"
     generated = api.create(PODS, {**pod(""), "metadata": {"generateName": "web-"}}, "default")
     assert generated["metadata"]["name"].startswith("web-") and len(generated["metadata"]["name"]) == 9
+
+
+def test_probes_are_defaulted_in_pods_and_templates(api: ApiClient) -> None:
+    probed = {"name": "c", "image": "netk8s/echo", "readinessProbe": {"httpGet": {"port": 8080}, "periodSeconds": 2},
+              "livenessProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 1}}
+    created = api.create(PODS, {**pod("probed"), "spec": {"containers": [probed]}}, "default")
+    container = created["spec"]["containers"][0]
+    assert container["readinessProbe"] == {"httpGet": {"port": 8080, "path": "/", "scheme": "HTTP"},
+                                           "periodSeconds": 2, "timeoutSeconds": 1, "successThreshold": 1,
+                                           "failureThreshold": 3}
+    assert container["livenessProbe"] == {"tcpSocket": {"port": 8080}, "failureThreshold": 1, "timeoutSeconds": 1,
+                                          "periodSeconds": 10, "successThreshold": 1}
+    deployment = api.create(DEPLOYMENTS, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [probed]}}}}, "default")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["timeoutSeconds"] == 1
 
 
 def test_errors_are_kubernetes_status_objects(api: ApiClient) -> None:
