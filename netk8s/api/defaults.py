@@ -2,7 +2,8 @@
 
 Only fields the emulator uses or that ``kubectl get -o yaml`` users expect to
 see are defaulted: Pod restartPolicy/dnsPolicy/grace period, container port
-protocols, probe timings and HTTP scheme, Service type/sessionAffinity/ipFamilies/targetPort, Deployment
+protocols, probe timings and HTTP scheme, the service account and priority
+admission sets, Secret type, Service type/sessionAffinity/ipFamilies/targetPort, Deployment
 strategy and revision history. Functions mutate the object passed in.
 """
 
@@ -17,6 +18,7 @@ def default_pod_spec(spec: dict) -> None:
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("schedulerName", "default-scheduler")
     spec.setdefault("securityContext", {})
+    spec.setdefault("enableServiceLinks", True)
     for group in ("initContainers", "containers"):
         for c in spec.get(group) or []:
             if not isinstance(c, dict):
@@ -31,6 +33,10 @@ def default_pod_spec(spec: dict) -> None:
             for port in c.get("ports") or []:
                 if isinstance(port, dict):
                     port.setdefault("protocol", "TCP")
+            for var in c.get("env") or []:
+                field_ref = (var.get("valueFrom") or {}).get("fieldRef") if isinstance(var, dict) else None
+                if isinstance(field_ref, dict):
+                    field_ref.setdefault("apiVersion", "v1")  # SetDefaults_ObjectFieldSelector
             for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if isinstance(c.get(kind), dict):
                     default_probe(c[kind])
@@ -49,7 +55,19 @@ def default_probe(probe: dict) -> None:
 
 
 def default_pod(obj: dict) -> None:
-    default_pod_spec(obj.setdefault("spec", {}))
+    spec = obj.setdefault("spec", {})
+    default_pod_spec(spec)
+    # What kube-apiserver's admission adds to a pod (not to templates): the ServiceAccount plugin
+    # names the namespace's default account, the Priority plugin the default priority.
+    spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+    spec.setdefault("serviceAccount", spec["serviceAccountName"])
+    if not spec.get("priorityClassName"):
+        spec.setdefault("priority", 0)
+    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+
+
+def default_secret(obj: dict) -> None:
+    obj.setdefault("type", "Opaque")
 
 
 def default_service(obj: dict) -> None:
@@ -113,6 +131,7 @@ DEFAULTERS: dict[str, Callable[[dict], None]] = {
     "Deployment": default_deployment,
     "ReplicaSet": default_replicaset,
     "Namespace": default_namespace,
+    "Secret": default_secret,
 }
 
 

@@ -37,12 +37,15 @@ def is_terminating(obj: dict) -> bool:
 
 
 def parse_time(value: str | None) -> _dt.datetime | None:
+    """A metav1.Time (``2006-01-02T15:04:05Z``) or MicroTime (``...05.000000Z``) in UTC; None when not one."""
     if not value:
         return None
-    try:
-        return _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    except ValueError:
-        return None
+    for layout in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            return _dt.datetime.strptime(value, layout).replace(tzinfo=_dt.timezone.utc)
+        except ValueError:
+            continue
+    return None
 
 
 def new_uid() -> str:

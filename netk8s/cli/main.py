@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field-selector")
     p.add_argument("-o", "--output", choices=OUTPUT_FORMATS)
 
+    p = sub.add_parser("describe", parents=[common], help="show objects in detail, with their events")
+    p.add_argument("resource", help="TYPE, or TYPE/NAME (pods, services, deployments, replicasets, nodes, ...)")
+    p.add_argument("names", nargs="*")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-l", "--selector", help="label selector, e.g. app=web")
+
     p = sub.add_parser("delete", parents=[common], help="delete objects by name or from manifests")
     p.add_argument("resource", nargs="?")
     p.add_argument("names", nargs="*")
@@ -296,6 +303,69 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _related(client, obj: dict):  # type: ignore[no-untyped-def]
+    """What kubectl fetches to describe ``obj``: its events, and per kind its Endpoints, ReplicaSets,
+    pods or Lease."""
+    from netk8s.api import meta
+    from netk8s.api.describe import Related
+    from netk8s.api.resources import ENDPOINTS, EVENTS, LEASES, PODS, REPLICASETS, SECRETS
+    from netk8s.client.rest import ignore_not_found
+
+    kind, namespace, name = obj.get("kind"), meta.namespace_of(obj) or None, meta.name_of(obj)
+    related = Related()
+    uid = (obj.get("metadata") or {}).get("uid")
+    for event in client.list(EVENTS, namespace)["items"]:
+        involved = event.get("involvedObject") or {}
+        if involved.get("uid") == uid if involved.get("uid") else \
+                (involved.get("kind"), involved.get("name")) == (kind, name):
+            related.events.append(event)
+    if kind == "Service":
+        with ignore_not_found():
+            related.endpoints = client.get(ENDPOINTS, name, namespace)
+    elif kind == "Deployment":
+        related.replicasets = client.list(REPLICASETS, namespace)["items"]
+    elif kind == "ReplicaSet":
+        related.pods = client.list(PODS, namespace)["items"]
+    elif kind == "ServiceAccount":
+        related.secrets = client.list(SECRETS, namespace)["items"]
+    elif kind == "Node":
+        related.pods = client.list(PODS, None, field_selector=f"spec.nodeName={name}")["items"]
+        with ignore_not_found():
+            related.lease = client.get(LEASES, name, "kube-node-lease")
+    return related
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    from netk8s.api.describe import describe
+    from netk8s.api.resources import resolve
+
+    kind, names = args.resource, list(args.names)
+    if "/" in kind:
+        kind, first = kind.split("/", 1)
+        names.insert(0, first)
+    resource = resolve(kind)
+    cluster = _cluster(args)
+    all_ns = args.all_namespaces and resource.namespaced
+    namespace = None if all_ns or not resource.namespaced else (args.namespace or "default")
+    if names:
+        objects = [cluster.client.get(resource, name, namespace) for name in names]
+    else:
+        objects = cluster.client.list(resource, namespace, args.selector)["items"]
+        if not objects:
+            where = f" in {namespace} namespace" if namespace else ""
+            print(f"No resources found{where}.", file=sys.stderr)
+            return 0
+    now = _dt.datetime.now(_dt.timezone.utc)
+    texts = []
+    for obj in objects:
+        obj.setdefault("kind", resource.kind)
+        texts.append(describe(obj, _related(cluster.client, obj), now))
+    sys.stdout.write("\n\n".join(texts))
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     from netk8s.api.manifests import load
     from netk8s.api.resources import resolve
@@ -447,7 +517,7 @@ def cmd_machine_exec(args: argparse.Namespace, command: list[str]) -> int:
 COMMANDS = {
     "up": cmd_up, "down": cmd_down, "clusters": cmd_clusters, "kubeconfig": cmd_kubeconfig,
     "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "logs": cmd_logs, "trace": cmd_trace,
-    "capture": cmd_capture, "scale": cmd_scale, "rollout": cmd_rollout,
+    "capture": cmd_capture, "scale": cmd_scale, "rollout": cmd_rollout, "describe": cmd_describe,
 }
 
 

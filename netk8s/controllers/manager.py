@@ -14,6 +14,7 @@ from netk8s.controllers.namespace import NamespaceController
 from netk8s.controllers.nodeipam import NodeIpamController
 from netk8s.controllers.nodelifecycle import NodeLifecycleController
 from netk8s.controllers.replicaset import ReplicaSetController
+from netk8s.controllers.serviceaccounts import ServiceAccountsController
 from netk8s.topology import ControlPlaneSpec
 
 
@@ -29,6 +30,7 @@ class ControllerManager:
             EndpointsController(client),
             GarbageCollector(client),
             NamespaceController(client),
+            ServiceAccountsController(client),
             NodeLifecycleController(client, grace_period=timings.node_monitor_grace_period,
                                     eviction_timeout=timings.pod_eviction_timeout),
         ]

@@ -1,7 +1,11 @@
-"""``netk8s scale`` and ``netk8s rollout status`` on a running cluster, as kubectl users type them."""
+"""``netk8s scale``, ``rollout status`` and ``describe`` on a running cluster, as kubectl users type them
+(``describe`` compared with kubectl's own output when kubectl is installed)."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -63,3 +67,46 @@ def test_bad_input_is_one_line_and_exit_2(cluster: Cluster, args: list[str], cod
     result = netk8s(cluster, *args)
     assert result.code == code, (result.stdout, result.stderr)
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def settled(cluster: Cluster) -> None:
+    """No pod of the earlier scaling is still going away (describe output would move under us)."""
+    cluster.wait_ready("pod", "client", timeout=60)
+    cluster.wait_ready("deployment", "echo", timeout=60)
+    cluster.wait_for(lambda: not [p for p in cluster.list("pods") if p["metadata"].get("deletionTimestamp")],
+                     timeout=60, what="terminating pods to go")
+
+
+def test_describe_gathers_events_endpoints_and_replicasets(cluster: Cluster) -> None:
+    settled(cluster)
+    pod = netk8s(cluster, "describe", "pod", "client")
+    assert pod.code == 0, pod.stderr
+    assert "Service Account:  default" in pod.stdout and "Status:           Running" in pod.stdout
+    assert "Successfully assigned default/client to" in pod.stdout  # the scheduler's event
+    service = netk8s(cluster, "describe", "service/echo")
+    ips = sorted(p["status"]["podIP"] for p in cluster.list("pods", "default", "app=echo")
+                 if not p["metadata"].get("deletionTimestamp"))
+    endpoints = next(line for line in service.stdout.splitlines() if line.startswith("Endpoints:"))
+    assert sorted(e.rsplit(":", 1)[0] for e in endpoints.split()[1].split(",")) == ips
+    deployment = netk8s(cluster, "describe", "deploy", "echo").stdout
+    assert "NewReplicaSet:   echo-" in deployment and "ScalingReplicaSet" in deployment
+    node = netk8s(cluster, "describe", "node", "worker").stdout
+    assert "HolderIdentity:  worker" in node and "Non-terminated Pods:" in node
+    missing = netk8s(cluster, "describe", "pod", "nosuch")
+    assert missing.code == 2 and 'pods "nosuch" not found' in missing.stderr
+
+
+@pytest.mark.needs_kubectl
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kubectl tests not run")
+@pytest.mark.parametrize("target", [["pod", "client"], ["service", "echo"], ["deployment", "echo"],
+                                    ["node", "worker"], ["namespace", "default"], ["serviceaccount", "default"]])
+def test_describe_matches_kubectl(cluster: Cluster, target: list[str]) -> None:
+    settled(cluster)
+
+    def masked(text: str) -> str:  # ages move on between the two runs
+        return re.sub(r"\b\d+(s|m\d*s?|h\d*m?)\b", "AGE", text)
+    ours = netk8s(cluster, "describe", *target)
+    theirs = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "describe", *target],
+                            capture_output=True, text=True, timeout=60)
+    assert ours.code == 0 and theirs.returncode == 0, (ours.stderr, theirs.stderr)
+    assert masked(ours.stdout) == masked(theirs.stdout)
