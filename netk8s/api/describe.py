@@ -314,28 +314,28 @@ def _volumes(w: _Writer, volumes: list[dict], space: str = "") -> None:
     w.write(0, f"{space}Volumes:\n")
     for volume in volumes:
         w.write(1, f"{' ' if space else ''}{volume.get('name', '')}:\n")
-        if isinstance(volume.get("emptyDir"), dict):
-            empty = volume["emptyDir"]
-            w.write(2, "Type:\tEmptyDir (a temporary directory that shares a pod's lifetime)\n")
-            w.write(2, f"Medium:\t{empty.get('medium', '')}\n")
-            w.write(2, f"SizeLimit:\t{empty.get('sizeLimit') or '<unset>'}\n")
-        elif isinstance(volume.get("configMap"), dict):
-            source = volume["configMap"]
-            w.write(2, "Type:\tConfigMap (a volume populated by a ConfigMap)\n")
-            w.write(2, f"Name:\t{source.get('name', '')}\n")
-            w.write(2, f"Optional:\t{str(bool(source.get('optional'))).lower()}\n")
-        elif isinstance(volume.get("secret"), dict):
-            source = volume["secret"]
-            w.write(2, "Type:\tSecret (a volume populated by a Secret)\n")
-            w.write(2, f"SecretName:\t{source.get('secretName', '')}\n")
-            w.write(2, f"Optional:\t{str(bool(source.get('optional'))).lower()}\n")
-        elif isinstance(volume.get("hostPath"), dict):
-            source = volume["hostPath"]
-            w.write(2, "Type:\tHostPath (bare host directory volume)\n")
-            w.write(2, f"Path:\t{source.get('path', '')}\n")
-            w.write(2, f"HostPathType:\t{source.get('type', '')}\n")
+        for key, description, fields in _VOLUME_SOURCES:
+            source = volume.get(key)
+            if isinstance(source, dict):
+                w.write(2, f"Type:\t{description}\n")
+                for title, name, default in fields:
+                    value = source.get(name)
+                    shown = str(bool(value)).lower() if isinstance(default, bool) else str(value or default)
+                    w.write(2, f"{title}:\t{shown}\n")
+                break
         else:
             w.write(2, "<unknown>\n")
+
+
+# Volume sources kubectl describes: (field, type line, (title, field, value when unset)...).
+_VOLUME_SOURCES: tuple[tuple[str, str, tuple[tuple[str, str, Any], ...]], ...] = (
+    ("emptyDir", "EmptyDir (a temporary directory that shares a pod's lifetime)",
+     (("Medium", "medium", ""), ("SizeLimit", "sizeLimit", "<unset>"))),
+    ("configMap", "ConfigMap (a volume populated by a ConfigMap)", (("Name", "name", ""), ("Optional", "optional", False))),
+    ("secret", "Secret (a volume populated by a Secret)",
+     (("SecretName", "secretName", ""), ("Optional", "optional", False))),
+    ("hostPath", "HostPath (bare host directory volume)", (("Path", "path", ""), ("HostPathType", "type", ""))),
+)
 
 
 def qos_class(pod: dict) -> str:
@@ -536,12 +536,9 @@ def _endpoints_text(endpoints: dict | None, port_name: str | None) -> str:
 
 
 def describe_service(service: dict, related: Related, now: _dt.datetime) -> str:
-    md, spec, status = service.get("metadata") or {}, service.get("spec") or {}, service.get("status") or {}
+    spec, status = service.get("spec") or {}, service.get("status") or {}
     w = _Writer()
-    w.write(0, f"Name:\t{md.get('name', '')}\n")
-    w.write(0, f"Namespace:\t{md.get('namespace', '')}\n")
-    _labels(w, "Labels", md.get("labels"))
-    _annotations(w, "Annotations", md.get("annotations"))
+    _identity(w, service)
     w.write(0, f"Selector:\t{format_labels(spec.get('selector'))}\n")
     w.write(0, f"Type:\t{spec.get('type', '')}\n")
     if spec.get("ipFamilyPolicy"):

@@ -39,6 +39,14 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def _listing_flags(parser: argparse.ArgumentParser) -> None:
+    """kubectl's flags for naming or selecting objects of one type."""
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("-n", "--namespace")
+    parser.add_argument("-A", "--all-namespaces", action="store_true")
+    parser.add_argument("-l", "--selector", help="label selector, e.g. app=web,tier!=db")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="netk8s", parents=[_common()],
@@ -66,19 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("get", parents=[common], help="list objects, like kubectl get")
     p.add_argument("resource", help="pods, services, nodes, deployments, replicasets, endpointslices, namespaces")
-    p.add_argument("names", nargs="*")
-    p.add_argument("-n", "--namespace")
-    p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-l", "--selector", help="label selector, e.g. app=web,tier!=db")
+    _listing_flags(p)
     p.add_argument("--field-selector")
     p.add_argument("-o", "--output", choices=OUTPUT_FORMATS)
 
     p = sub.add_parser("describe", parents=[common], help="show objects in detail, with their events")
     p.add_argument("resource", help="TYPE, or TYPE/NAME (pods, services, deployments, replicasets, nodes, ...)")
-    p.add_argument("names", nargs="*")
-    p.add_argument("-n", "--namespace")
-    p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-l", "--selector", help="label selector, e.g. app=web")
+    _listing_flags(p)
 
     p = sub.add_parser("delete", parents=[common], help="delete objects by name or from manifests")
     p.add_argument("resource", nargs="?")
