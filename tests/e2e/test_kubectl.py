@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -147,8 +148,9 @@ def test_logs_and_describe(cluster: Cluster) -> None:
     logs = kubectl(cluster, "logs", answer["pod"]).stdout
     assert '"GET / HTTP/1.1" 200' in logs
     described = kubectl(cluster, "describe", "pod", answer["pod"]).stdout
-    assert f"Name:         {answer['pod']}" in described
-    assert f"IP:           {answer['podIP']}" in described
+    assert re.search(rf"^Name:\s+{answer['pod']}$", described, re.M), described
+    assert re.search(rf"^IP:\s+{re.escape(answer['podIP'])}$", described, re.M), described
+    assert re.search(r"^Service Account:\s+default$", described, re.M), described  # admission's default
     assert "Started container echo" in described and "Scheduled" in described
 
 
