@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", parents=[common], help="bring a cluster up (default: 1 control-plane + 2 workers)")
     p.add_argument("-f", "--file", metavar="TOPOLOGY", help="topology YAML (default: built-in default cluster)")
     p.add_argument("--name", help="cluster name (overrides the topology's)")
+    p.add_argument("--store", choices=("sqlite", "etcd"), help="the API server's store (overrides the topology's)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for Ready nodes")
 
     p = sub.add_parser("down", parents=[common], help="tear a cluster down and remove everything it made")
@@ -169,7 +170,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from netk8s.cluster import lifecycle
     from netk8s.cluster.api import resolve_topology
 
-    topo = resolve_topology(args.file, args.name)
+    topo = resolve_topology(args.file, args.name, args.store)
     print(f'Creating cluster "{topo.name}" ({len(topo.nodes)} nodes, {len(topo.hosts)} external hosts) ...',
           flush=True)
     record = lifecycle.up(topo, timeout=args.timeout)
@@ -178,6 +179,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = StateDir(topo.name)
     print(f'Cluster "{topo.name}" is up: {len(topo.nodes)} nodes Ready; API server {record.server}')
     print(f"kubeconfig: {state.kubeconfig}")
+    if record.etcd_endpoint:
+        print(f"etcd: {record.etcd_endpoint} (etcdctl --endpoints {record.etcd_endpoint} get /registry --prefix "
+              "--keys-only)")
     print(f"Try: netk8s get nodes -o wide        Stop: netk8s down --name {topo.name}")
     return 0
 

@@ -14,6 +14,7 @@ cluster's own namespaces (exec); nothing touches the root namespace's network.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -39,7 +40,7 @@ from netk8s.kubelet.sandbox import pod_enter_argv
 from netk8s.proxy.model import SERVICE_NAME_LABEL, build_endpoints, build_service_ports, categorize_endpoints
 from netk8s.proxy.nftables_trace import trace_nftables
 from netk8s.proxy.trace import Packet, TraceResult, trace_iptables
-from netk8s.topology import ProxyMode, Topology, default_topology, load_dict, load_file
+from netk8s.topology import ProxyMode, StoreKind, Topology, default_topology, load_dict, load_file
 
 if TYPE_CHECKING:
     from netk8s.capture import Capture
@@ -60,8 +61,10 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
-def resolve_topology(source: str | Path | Topology | dict | None, name: str | None = None) -> Topology:
-    """A topology from a file path, a parsed document, a ``Topology`` or None (the default), renamed if asked."""
+def resolve_topology(source: str | Path | Topology | dict | None, name: str | None = None,
+                     store: str | None = None) -> Topology:
+    """A topology from a file path, a parsed document, a ``Topology`` or None (the default), renamed
+    and given another store (``sqlite`` or ``etcd``) if asked."""
     if source is None:
         topo = default_topology()
     elif isinstance(source, Topology):
@@ -70,6 +73,11 @@ def resolve_topology(source: str | Path | Topology | dict | None, name: str | No
         topo = load_dict(source)
     else:
         topo = load_file(source)
+    if store is not None:
+        try:
+            topo = dataclasses.replace(topo, store=StoreKind(store))
+        except ValueError:
+            raise UserError(f"--store {store!r}: use sqlite or etcd") from None
     return topo.with_name(name) if name else topo
 
 
@@ -116,8 +124,9 @@ class Cluster:
 
     @classmethod
     def up(cls, topology: str | Path | Topology | dict | None = None, name: str | None = None,
-           timeout: float = lifecycle.UP_TIMEOUT) -> "Cluster":
-        topo = resolve_topology(topology, name)
+           timeout: float = lifecycle.UP_TIMEOUT, store: str | None = None) -> "Cluster":
+        """Bring a cluster up (``store``: ``sqlite`` or ``etcd``, overriding the topology's) and attach to it."""
+        topo = resolve_topology(topology, name, store)
         record = lifecycle.up(topo, timeout=timeout)
         return cls(StateDir(topo.name), record, topo)
 

@@ -28,6 +28,7 @@ from netk8s.apiserver.server import ApiServer, listen
 from netk8s.client.apply import apply
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ApiClient
+from netk8s.cluster.etcd import EtcdServer
 from netk8s.cluster.naming import node_netns
 from netk8s.cluster.state import Phase, StateDir, write_kubeconfig
 from netk8s.cluster.teardown import teardown
@@ -47,6 +48,8 @@ from netk8s.proxy.model import ProxyConfig
 from netk8s.proxy.nftables import NftablesOptions, NftablesRuleSet
 from netk8s.proxy.proxier import Proxier
 from netk8s.scheduler.scheduler import Scheduler
+from netk8s.store.cache import CachedStore
+from netk8s.store.etcd import EtcdStore
 from netk8s.store.sqlite import SQLiteStore
 from netk8s.topology import NetworkingMode, ProxyMode, StoreKind, Topology, load_dict
 
@@ -59,7 +62,8 @@ class ClusterDaemon:
     def __init__(self, topology: Topology, state: StateDir) -> None:
         self.topology = topology
         self.state = state
-        self.store: SQLiteStore | None = None
+        self.store: CachedStore | None = None
+        self.etcd: EtcdServer | None = None
         self.apiserver: ApiServer | None = None
         self.network: EmulatedNetwork | None = None
         self.controller_manager: ControllerManager | None = None
@@ -70,9 +74,13 @@ class ClusterDaemon:
 
     def start(self) -> None:
         topo = self.topology
-        if topo.store is not StoreKind.SQLITE:
-            raise NetK8sError(f"store: {topo.store.value} is not available yet; use sqlite")
-        self.store = SQLiteStore(self.state.store_file)
+        if topo.store is StoreKind.ETCD:
+            self.etcd = EtcdServer(self.state)
+            endpoint = self.etcd.start()
+            self.state.update(etcd_endpoint=endpoint)
+            self.store = EtcdStore(endpoint)
+        else:
+            self.store = SQLiteStore(self.state.store_file)
         timings = topo.control_plane_spec
         registry = Registry(self.store, RegistryConfig(topo.service_subnet, topo.node_port_range,
                                                        default_toleration_seconds=round(timings.pod_eviction_timeout)))
@@ -182,6 +190,8 @@ class ClusterDaemon:
             self.apiserver.stop()
         if self.store is not None:
             self.store.close()
+        if self.etcd is not None:
+            self.etcd.stop()
 
 
 def _configure_logging(state: StateDir) -> None:

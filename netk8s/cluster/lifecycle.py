@@ -18,6 +18,7 @@ import sys
 import time
 
 from netk8s.api import meta
+from netk8s.cluster.etcd import require_etcd
 from netk8s.cluster.state import (
     ClusterRecord,
     Phase,
@@ -30,7 +31,7 @@ from netk8s.emulator.network import EmulatedNetwork, preflight
 from netk8s.errors import ClusterExistsError, NetK8sError, NotFoundError, UserError
 from netk8s.kernel import procs
 from netk8s.kubelet.runtime import read_log_tail
-from netk8s.topology import Topology, to_dict
+from netk8s.topology import StoreKind, Topology, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def up(topology: Topology, timeout: float = UP_TIMEOUT) -> ClusterRecord:
     require_root("up")
     check_cluster_name(topology.name)
     preflight()
+    if topology.store is StoreKind.ETCD:
+        require_etcd()
     state = StateDir(topology.name)
     if state.path.exists():
         try:

@@ -59,6 +59,7 @@ class ClusterRecord:
     daemon_pid: int = 0
     daemon_start_time: int | None = None
     api_port: int = 0
+    etcd_endpoint: str = ""  # the cluster's own etcd (store: etcd), for etcdctl
     created: str = ""
     error: str = ""
     topology: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +114,10 @@ class StateDir:
     @property
     def store_file(self) -> Path:
         return self.path / "store.db"
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.path / "etcd"
 
     @property
     def log_file(self) -> Path:

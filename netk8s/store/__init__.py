@@ -69,7 +69,7 @@ class Subscription(Protocol):
 
 
 class Store(Protocol):
-    """What the API server needs from a store (SQLite today, etcd later)."""
+    """What the API server needs from a store (``SQLiteStore`` or ``EtcdStore``, both ``CachedStore``s)."""
 
     @property
     def revision(self) -> int: ...
