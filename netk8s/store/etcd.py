@@ -9,7 +9,8 @@ server's back (``etcdctl put``) fails the next write with a conflict instead
 of being overwritten. As in Kubernetes, an object's resourceVersion is its
 ``mod_revision`` and is not stored in the value; objects are JSON (Kubernetes
 stores protobuf for built-in kinds, JSON for custom ones), so ``etcdctl get
-/registry/pods/default/NAME`` shows them readably.
+/registry/core/pods/default/NAME`` shows them readably (netk8s keys name the
+API group, ``core`` for the legacy one, where Kubernetes' own keys vary).
 """
 
 from __future__ import annotations
