@@ -144,6 +144,18 @@ def resolve(name: str) -> ResourceType:
     raise UserError(f'the server doesn\'t have a resource type "{name}"')
 
 
+def resolve_list(text: str) -> list[ResourceType]:
+    """kubectl's ``pods,svc`` and ``all`` (every resource in the ``all`` category, in discovery order)."""
+    out: list[ResourceType] = []
+    for word in text.split(","):
+        if not word.strip():
+            raise UserError(f'resource list "{text}": an empty name between commas')
+        found = [r for r in RESOURCES if _ALL in r.categories] if word.strip().lower() == _ALL \
+            else [resolve(word.strip())]
+        out += [r for r in found if r not in out]
+    return out
+
+
 def all_groups() -> dict[str, list[str]]:
     """group -> versions served, in discovery order."""
     groups: dict[str, list[str]] = {}

@@ -278,12 +278,17 @@ def _print_objects(resource, items: list[dict], output: str | None, single: bool
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from netk8s.api.resources import resolve
+    from netk8s.api.resources import resolve_list
 
-    resource = resolve(args.resource)
+    resources = resolve_list(args.resource)
+    if len(resources) > 1 or args.resource.lower() == "all":
+        if args.names:
+            raise UserError(f"get {args.resource}: name objects of one resource type only")
+        return _get_many(args, resources)
+    resource = resources[0]
     cluster = _cluster(args)
     all_ns = args.all_namespaces and resource.namespaced
-    namespace = None if all_ns or not resource.namespaced else (args.namespace or "default")
+    namespace = _namespace_for(args, resource)
     if args.names:
         items = []
         missing = []
@@ -302,10 +307,59 @@ def cmd_get(args: argparse.Namespace) -> int:
     listed = cluster.client.list(resource, namespace, args.selector, args.field_selector)
     items = listed.get("items") or []
     if not items and args.output not in ("json", "yaml"):
-        where = f" in {namespace} namespace" if namespace else ""
-        print(f"No resources found{where}.", file=sys.stderr)
+        _no_resources(namespace)
         return 0
     _print_objects(resource, items, args.output, False, bool(all_ns))
+    return 0
+
+
+def _namespace_for(args: argparse.Namespace, resource) -> str | None:  # type: ignore[no-untyped-def]
+    if not resource.namespaced or args.all_namespaces:
+        return None
+    return args.namespace or "default"
+
+
+def _no_resources(namespace: str | None) -> None:
+    where = f" in {namespace} namespace" if namespace else ""
+    print(f"No resources found{where}.", file=sys.stderr)
+
+
+def _get_many(args: argparse.Namespace, resources: list) -> int:  # type: ignore[type-arg]
+    """``get pods,svc`` / ``get all``: one table per type with ``kind/name`` names, or one List."""
+    from netk8s.api.printers import format_table, table
+
+    cluster = _cluster(args)
+    found = []
+    for resource in resources:
+        items = cluster.client.list(resource, _namespace_for(args, resource), args.selector,
+                                    args.field_selector).get("items") or []
+        for obj in items:
+            obj.setdefault("kind", resource.kind)
+            obj.setdefault("apiVersion", resource.api_version)
+        found.append((resource, items))
+    if args.output in ("json", "yaml", "name"):
+        every = [obj for _, items in found for obj in items]
+        if args.output == "name":
+            for resource, items in found:
+                _print_objects(resource, items, "name", False, False)
+            return 0
+        _print_objects(resources[0], every, args.output, False, False)
+        return 0
+    blocks = []
+    for resource, items in found:
+        if not items:
+            continue
+        with_namespace = bool(args.all_namespaces and resource.namespaced)
+        headers, rows = table(resource.kind, items, wide=args.output == "wide", with_namespace=with_namespace)
+        name_column = 1 if with_namespace else 0
+        prefix = f"{resource.singular}.{resource.group}" if resource.group else resource.singular
+        for row in rows:
+            row[name_column] = f"{prefix}/{row[name_column]}"
+        blocks.append(format_table(headers, rows))
+    if not blocks:
+        _no_resources(None if args.all_namespaces else (args.namespace or "default"))
+        return 0
+    sys.stdout.write("\n".join(blocks))
     return 0
 
 
@@ -353,15 +407,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
         names.insert(0, first)
     resource = resolve(kind)
     cluster = _cluster(args)
-    all_ns = args.all_namespaces and resource.namespaced
-    namespace = None if all_ns or not resource.namespaced else (args.namespace or "default")
+    namespace = _namespace_for(args, resource)
     if names:
         objects = [cluster.client.get(resource, name, namespace) for name in names]
     else:
         objects = cluster.client.list(resource, namespace, args.selector)["items"]
         if not objects:
-            where = f" in {namespace} namespace" if namespace else ""
-            print(f"No resources found{where}.", file=sys.stderr)
+            _no_resources(namespace)
             return 0
     now = _dt.datetime.now(_dt.timezone.utc)
     texts = []

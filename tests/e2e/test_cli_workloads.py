@@ -96,6 +96,31 @@ def test_describe_gathers_events_endpoints_and_replicasets(cluster: Cluster) -> 
     assert missing.code == 2 and 'pods "nosuch" not found' in missing.stderr
 
 
+def test_get_several_types_at_once(cluster: Cluster) -> None:
+    settled(cluster)
+    both = netk8s(cluster, "get", "pods,svc")
+    assert both.code == 0, both.stderr
+    pods, services = both.stdout.split("\n\n")
+    assert pods.startswith("NAME ") and "pod/client " in pods
+    assert services.startswith("NAME ") and "service/echo " in services
+    everything = netk8s(cluster, "get", "all", "-o", "name").stdout.split()
+    assert "deployment.apps/echo" in everything and "pod/client" in everything and "service/echo" in everything
+    assert any(name.startswith("replicaset.apps/echo-") for name in everything)
+
+
+@pytest.mark.needs_kubectl
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kubectl tests not run")
+@pytest.mark.parametrize("args", [["get", "pods,svc"], ["get", "all", "-A"], ["get", "deploy,rs", "-o", "wide"]])
+def test_get_several_types_matches_kubectl(cluster: Cluster, args: list[str]) -> None:
+    settled(cluster)
+    ours = netk8s(cluster, *args)
+    theirs = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
+                            text=True, timeout=60)
+    assert ours.code == 0 and theirs.returncode == 0, (ours.stderr, theirs.stderr)
+    age = re.compile(r"\b\d+(s|m\d*s?|h\d*m?)\b")
+    assert age.sub("AGE", ours.stdout) == age.sub("AGE", theirs.stdout)
+
+
 @pytest.mark.needs_kubectl
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kubectl tests not run")
 @pytest.mark.parametrize("target", [["pod", "client"], ["service", "echo"], ["deployment", "echo"],

@@ -1,4 +1,4 @@
-"""kubectl's rollout status messages, target parsing, and scaling through the scale subresource."""
+"""kubectl's rollout status messages, target parsing, scaling through the scale subresource, and resource lists."""
 
 from __future__ import annotations
 
@@ -94,3 +94,15 @@ def test_wait_rollout_reports_each_new_message_and_times_out(api: ApiClient) -> 
                                               "availableReplicas": 2}}, "default", subresource="status")
     assert wait_rollout(api, "web", "default", 5, seen.append).done
     assert seen[-1] == 'deployment "web" successfully rolled out'
+
+
+def test_resource_lists_as_kubectl_reads_them() -> None:
+    from netk8s.api.resources import PODS, SERVICES, resolve_list
+
+    assert resolve_list("pods,svc") == [PODS, SERVICES]
+    assert resolve_list("po,pods,Service") == [PODS, SERVICES]  # each type once
+    assert [r.plural for r in resolve_list("all")] == ["pods", "services", "deployments", "replicasets"]
+    with pytest.raises(UserError, match='an empty name between commas'):
+        resolve_list("pods,,svc")
+    with pytest.raises(UserError, match='the server doesn\'t have a resource type "bogus"'):
+        resolve_list("pods,bogus")
