@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-p", "--previous", action="store_true", help="the previous instance's log")
     p.add_argument("--tail", type=int, default=None, help="lines from the end of the log (-1: all)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what the container writes")
 
     p = sub.add_parser("trace", parents=[common],
                        help="follow a connection's first packet through a node's kube-proxy rules")
@@ -476,7 +477,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
     path = PODS.object_path(args.pod, args.namespace) + "/log"
     query = {"container": args.container, "previous": "true" if args.previous else None,
              "tailLines": args.tail if args.tail is not None and args.tail >= 0 else None}
-    sys.stdout.write(cluster.client.get_text(path, query))
+    if not args.follow:
+        sys.stdout.write(cluster.client.get_text(path, query))
+        return 0
+    try:
+        for chunk in cluster.client.stream_text(path, dict(query, follow="true")):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    except KeyboardInterrupt:
+        pass  # like kubectl logs -f: Ctrl-C ends the stream
     return 0
 
 

@@ -121,13 +121,15 @@ class ApiClient:
             self._decode(status, data)
         return data.decode(errors="replace")
 
+    @staticmethod
+    def _url(path: str, query: dict[str, Any] | None) -> str:
+        """``path`` with the query's set parameters (None and "" are left out)."""
+        params = {k: v for k, v in (query or {}).items() if v is not None and v != ""}
+        return f"{path}?{urllib.parse.urlencode(params)}" if params else path
+
     def _raw(self, method: str, path: str, body: Any, query: dict[str, Any] | None,
              content_type: str) -> tuple[int, bytes]:
-        url = path
-        if query:
-            params = {k: v for k, v in query.items() if v is not None and v != ""}
-            if params:
-                url += "?" + urllib.parse.urlencode(params)
+        url = self._url(path, query)
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
         if payload is not None:
@@ -212,9 +214,24 @@ class ApiClient:
         query = {"watch": "true", "resourceVersion": str(resource_version or ""),
                  "labelSelector": label_selector, "fieldSelector": field_selector,
                  "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true"}
-        url = resource.collection_path(namespace) + "?" + urllib.parse.urlencode(
-            {k: v for k, v in query.items() if v not in (None, "")})
-        # A dedicated connection with no read timeout: a watch is idle until something changes.
+        return WatchStream(*self._open_stream(self._url(resource.collection_path(namespace), query)))
+
+    def stream_text(self, path: str, query: dict[str, Any] | None = None) -> Iterator[bytes]:
+        """GET a streamed non-JSON resource (``pods/log?follow=true``): its chunks as they come."""
+        conn, response = self._open_stream(self._url(path, query))
+        try:
+            while True:
+                chunk = response.read1(65536)
+                if not chunk:
+                    return
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiUnavailable(f"stream from the API server broken: {exc!r}") from None
+        finally:
+            conn.close()
+
+    def _open_stream(self, url: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        # A dedicated connection with no read timeout: a stream is idle until something happens.
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("GET", url, headers={"Accept": "application/json"})
@@ -227,7 +244,7 @@ class ApiClient:
             data = response.read()
             conn.close()
             self._decode(response.status, data)
-        return WatchStream(conn, response)
+        return conn, response
 
     def close(self) -> None:
         self._drop_connection()

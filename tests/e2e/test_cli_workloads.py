@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import re
+import select
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -94,6 +98,27 @@ def test_describe_gathers_events_endpoints_and_replicasets(cluster: Cluster) -> 
     assert "HolderIdentity:  worker" in node and "Non-terminated Pods:" in node
     missing = netk8s(cluster, "describe", "pod", "nosuch")
     assert missing.code == 2 and 'pods "nosuch" not found' in missing.stderr
+
+
+def test_logs_follow_prints_new_lines_as_they_come(cluster: Cluster) -> None:
+    settled(cluster)
+    pod = cluster.list("pods", "default", "app=echo")[0]
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    follow = subprocess.Popen([sys.executable, "-m", "netk8s", "--cluster", cluster.name, "logs", name, "-f",
+                               "--tail", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # the stream is open
+        cluster.exec("client", ["curl", "-s", "-m", "3", "-A", "follow-me", f"http://{ip}:8080/followed"], check=True)
+        assert follow.stdout is not None
+        ready, _, _ = select.select([follow.stdout], [], [], 15)  # bound the wait for the first line
+        assert ready, "netk8s logs -f printed nothing within 15s"
+        line = follow.stdout.readline()
+        assert "GET /followed" in line, line
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(10) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
 
 
 def test_get_several_types_at_once(cluster: Cluster) -> None:

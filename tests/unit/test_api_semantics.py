@@ -175,6 +175,21 @@ def test_log_subresource(tmp_path: Path) -> None:
         with pytest.raises(ApiError) as exc:
             api.get_text(path, {"container": "nope"})
         assert "container nope is not valid for pod logger" in str(exc.value)
+
+        # follow=true: what is there, then what the container writes, until the pod goes.
+        chunks: list[bytes] = []
+        stream = api.stream_text(path, {"follow": "true", "tailLines": 1})
+        chunks.append(next(stream))
+        assert chunks == [b"three\n"]
+        with open(log_file, "a") as log:
+            log.write("four\n")
+        chunks.append(next(stream))
+        assert chunks[-1] == b"four\n"
+        api.delete(PODS, "logger", "default", grace_period=0)
+        assert list(stream) == []  # the stream ends with the pod
+        with pytest.raises(ApiError) as exc:
+            next(api.stream_text(PODS.object_path("nope", "default") + "/log", {"follow": "true"}))
+        assert exc.value.code == 404
     finally:
         api.close()
         server.stop()
