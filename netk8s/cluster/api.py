@@ -118,7 +118,7 @@ class Cluster:
     @functools.cached_property
     def topology(self) -> Topology:
         """The cluster's topology, parsed from its record when first needed (most commands never need it)."""
-        return load_dict(self.record.topology)
+        return load_dict(self.record.topology, check_manifest_files=False)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -159,13 +159,18 @@ def load_text(text: str, source: str = "<string>", base_dir: Path | None = None)
     return load_dict(_parse_yaml(text, source), source=source, base_dir=base_dir)
 
 
-def load_dict(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Topology:
-    """Validate a YAML-shaped mapping and build the Topology (addresses assigned)."""
+def load_dict(data: Any, source: str = "<dict>", base_dir: Path | None = None,
+              check_manifest_files: bool = True) -> Topology:
+    """Validate a YAML-shaped mapping and build the Topology (addresses assigned).
+
+    ``check_manifest_files=False`` is for a running cluster's recorded topology: its manifests were
+    applied at ``up``, and a file moved since must not make the cluster's topology unreadable.
+    """
     if not isinstance(data, dict):
         raise ValidationError(source, f"expected a mapping with apiVersion, kind and nodes at the top level, "
                                       f"got {_type_name(data)}")
     base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
-    return _Builder(data, base).build()
+    return _Builder(data, base, check_manifest_files).build()
 
 
 def to_dict(topology: Topology) -> dict[str, Any]:
@@ -531,9 +536,10 @@ class _Pool:
 
 
 class _Builder:
-    def __init__(self, data: dict, base_dir: Path) -> None:
+    def __init__(self, data: dict, base_dir: Path, check_manifest_files: bool = True) -> None:
         self.data = _fields(data, "", _TOP_FIELDS, "a mapping")
         self.base_dir = base_dir
+        self.check_manifest_files = check_manifest_files
         self.members: dict[str, _Member] = {}
 
     def build(self) -> Topology:
@@ -857,9 +863,9 @@ class _Builder:
                 if not str(entry).strip():
                     raise ValidationError(path, "empty path; give a manifest file path")
                 full = Path(os.path.abspath(self.base_dir / Path(entry).expanduser()))
-                if not full.exists():
+                if self.check_manifest_files and not full.exists():
                     raise ValidationError(path, f"file not found: {full}")
-                if full.is_dir():
+                if self.check_manifest_files and full.is_dir():
                     raise ValidationError(path, f"{full} is a directory; list the manifest files in it")
                 manifests.append(full)
             elif isinstance(entry, dict):

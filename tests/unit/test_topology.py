@@ -282,6 +282,15 @@ def test_manifests_resolve_relative_to_topology_file(tmp_path: Path, monkeypatch
     assert load_text(text, base_dir=tmp_path).manifests == (tmp_path / "apps" / "echo.yaml",)
 
 
+def test_a_recorded_topology_reads_even_after_its_manifest_moved(tmp_path: Path) -> None:
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text("kind: Namespace\n")
+    recorded = to_dict(load_dict(base(manifests=[str(manifest)]), base_dir=tmp_path))
+    manifest.unlink()  # moved after `netk8s up` applied it
+    assert error_of(recorded, base_dir=tmp_path) == f"manifests[0]: file not found: {manifest}"
+    assert load_dict(recorded, check_manifest_files=False).manifests == (manifest,)
+
+
 def test_manifest_errors(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     msg = error_of(base(manifests=["missing.yaml"]), base_dir=tmp_path)
