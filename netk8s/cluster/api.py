@@ -33,6 +33,7 @@ from netk8s.cluster import lifecycle
 from netk8s.cluster.naming import KUBELET_STOPPED_ANNOTATION, node_netns, pod_netns
 from netk8s.cluster.state import ClusterRecord, StateDir
 from netk8s.errors import ApiError, NetK8sError, NotFoundError, UserError
+from netk8s.kernel import iptables, nft
 from netk8s.kernel.procs import start_time
 from netk8s.kubelet.podfiles import pod_identity
 from netk8s.kubelet.runtime import DEFAULT_PATH
@@ -340,9 +341,10 @@ class Cluster:
         local = self._local_addresses(machine)
         packet = Packet(src, proto, dst, port, from_node=from_node)
         if self.topology.proxy_mode is ProxyMode.NFTABLES:
-            rules = machine.exec(["nft", "-j", "list", "table", "ip", "kube-proxy"], check=True).stdout
+            # No table yet (before kube-proxy's first sync): no rules, so nothing is DNATed.
+            rules = nft.list_json(machine.netns) or '{"nftables": []}'
             return node_name, trace_nftables(rules, packet, local)
-        return node_name, trace_iptables(machine.exec(["iptables-save"], check=True).stdout, packet, local)
+        return node_name, trace_iptables(iptables.save(machine.netns), packet, local)
 
     def _node_owning(self, address: ipaddress.IPv4Address) -> str | None:
         for spec in self.topology.nodes:
