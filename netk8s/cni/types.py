@@ -431,15 +431,10 @@ def check_range_sets(range_sets: Sequence[Sequence[IpamRange]], path: str = "ipa
                 raise _invalid(f"{path}[{i2}][{j2}]", f"range {r2} overlaps {path}[{i1}][{j1}] ({r1})")
 
 
-class IpamRoute(NamedTuple):
-    dst: IPNetwork
-    gw: IPAddress | None = None
-
-
 class IpamConfig(NamedTuple):
     type: str
     range_sets: tuple[tuple[IpamRange, ...], ...]
-    routes: tuple[IpamRoute, ...] = ()
+    routes: tuple[Route, ...] = ()
     data_dir: Path = DEFAULT_DATA_DIR
 
 
@@ -478,7 +473,7 @@ def parse_ipam(value: Any, path: str = "ipam", ipv4_only: bool = True) -> IpamCo
                     raise _invalid(f"{path}.ranges[{i}][{j}].subnet",
                                    f"{r.subnet} is IPv6; netk8s-cni supports IPv4 subnets only")
     check_range_sets(range_sets, f"{path}.ranges")
-    routes: list[IpamRoute] = []
+    routes: list[Route] = []
     for i, r in enumerate(_list(obj.get("routes", []), f"{path}.routes")):
         rpath = f"{path}.routes[{i}]"
         robj = _obj(r, rpath)
@@ -491,7 +486,7 @@ def parse_ipam(value: Any, path: str = "ipam", ipv4_only: bool = True) -> IpamCo
             raise _invalid(f"{rpath}.gw", f"{gw} is not of the address family of {dst}")
         if ipv4_only and dst.version != 4:
             raise _invalid(f"{rpath}.dst", f"{dst} is IPv6; netk8s-cni supports IPv4 routes only")
-        routes.append(IpamRoute(dst=dst, gw=gw))
+        routes.append(Route(dst=dst, gw=gw))
     data_dir = Path(_str(obj.get("dataDir", str(DEFAULT_DATA_DIR)), f"{path}.dataDir"))
     if not data_dir.is_absolute():
         raise _invalid(f"{path}.dataDir", f"{str(data_dir)!r} must be an absolute path")

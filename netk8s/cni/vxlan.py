@@ -40,6 +40,7 @@ from netk8s.api import meta
 from netk8s.api.resources import NODES
 from netk8s.client.controller import Controller
 from netk8s.client.rest import ApiClient
+from netk8s.cni.types import MULTICAST_NET
 from netk8s.kernel import vxlan as kvxlan
 from netk8s.kernel.routes import Route, sync_routes
 from netk8s.topology import Topology
@@ -53,7 +54,6 @@ BACKEND_TYPE = "vxlan"
 BACKEND_TYPE_ANNOTATION = "flannel.alpha.coreos.com/backend-type"
 BACKEND_DATA_ANNOTATION = "flannel.alpha.coreos.com/backend-data"
 PUBLIC_IP_ANNOTATION = "flannel.alpha.coreos.com/public-ip"
-MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 
 
 def overlay_mtu(underlay_mtu: int) -> int:
@@ -170,7 +170,7 @@ def masquerade_rules(cluster_cidr: ipaddress.IPv4Network, pod_cidr: ipaddress.IP
         f"-s {pod_cidr} -d {cluster_cidr} {comment} -j RETURN",
         f"-s {cluster_cidr} -d {pod_cidr} {comment} -j RETURN",
         f"! -s {cluster_cidr} -d {pod_cidr} {comment} -j RETURN",
-        f"-s {cluster_cidr} ! -d {MULTICAST} {comment} -j MASQUERADE --random-fully",
+        f"-s {cluster_cidr} ! -d {MULTICAST_NET} {comment} -j MASQUERADE --random-fully",
         f"! -s {cluster_cidr} -d {cluster_cidr} {comment} -j MASQUERADE --random-fully",
     ]
 
