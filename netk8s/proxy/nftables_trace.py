@@ -30,7 +30,7 @@ from ipaddress import IPv4Address, ip_network
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from netk8s.errors import ValidationError
-from netk8s.proxy.trace import LOOPBACK, MAX_DEPTH, Packet, TraceResult, Verdict, sorted_endpoints
+from netk8s.proxy.trace import LOOPBACK, MAX_DEPTH, Packet, TraceResult, Verdict, overall_verdict, sorted_endpoints
 
 __all__ = ["NftRuleset", "parse_ruleset", "trace_nftables"]
 
@@ -1195,12 +1195,7 @@ def trace_nftables(ruleset_json_or_text: str | Mapping[str, Any], packet: Packet
         stopped += lost
         alive = delivered + forwarded
     finals = [(s, Verdict.ACCEPT) for s in alive] + stopped
-    if alive:
-        verdict = Verdict.ACCEPT
-    elif any(v is Verdict.REJECT for _, v in stopped):
-        verdict = Verdict.REJECT
-    else:
-        verdict = Verdict.DROP
+    verdict = overall_verdict(v for _, v in finals)
     endpoints = sorted_endpoints(s.endpoint for s in alive if s.endpoint is not None)
     masquerade = any(s.masquerade or s.mark & tracer.masq_mark for s in alive)
     path: list[str] = []

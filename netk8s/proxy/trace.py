@@ -560,11 +560,13 @@ def _apply_mark(mark: int, args: tuple[str, ...]) -> int:
     return mark
 
 
-def _order(flows: set[_Flow]) -> Verdict:
-    if _Flow.ACCEPT in flows:
-        return Verdict.ACCEPT
-    if _Flow.REJECT in flows:
-        return Verdict.REJECT
+def overall_verdict(verdicts: Iterable[Verdict]) -> Verdict:
+    """A trace's verdict from its branches': ACCEPT when one lets the packet through, else REJECT when
+    one rejects it, else DROP (also for no branch at all)."""
+    found = set(verdicts)
+    for verdict in (Verdict.ACCEPT, Verdict.REJECT):
+        if verdict in found:
+            return verdict
     return Verdict.DROP
 
 
@@ -605,7 +607,8 @@ def trace_iptables(save_text: str, packet: Packet, local_addresses: set[IPv4Addr
                     outcomes += walker.run_hook("nat", "POSTROUTING", st)
                 else:
                     outcomes.append((st, flow))
-    verdict = _order({flow for _, flow in outcomes})
+    verdict = overall_verdict(Verdict(flow.value) for _, flow in outcomes
+                              if flow in (_Flow.ACCEPT, _Flow.DROP, _Flow.REJECT))
     final = [st for st, flow in outcomes if flow.value == verdict.value]
     endpoints = sorted_endpoints(st.dnat for st in final if st.dnat)
     return TraceResult(verdict=verdict, endpoints=endpoints,
