@@ -110,10 +110,14 @@ def test_logs_follow_prints_new_lines_as_they_come(cluster: Cluster) -> None:
         time.sleep(1)  # the stream is open
         cluster.exec("client", ["curl", "-s", "-m", "3", "-A", "follow-me", f"http://{ip}:8080/followed"], check=True)
         assert follow.stdout is not None
-        ready, _, _ = select.select([follow.stdout], [], [], 15)  # bound the wait for the first line
-        assert ready, "netk8s logs -f printed nothing within 15s"
-        line = follow.stdout.readline()
-        assert "GET /followed" in line, line
+        seen: list[str] = []  # the readiness probe's GET /healthz lines come too
+        deadline = time.monotonic() + 15
+        while not any("GET /followed" in line for line in seen):
+            ready, _, _ = select.select([follow.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"netk8s logs -f printed no GET /followed within 15s: {seen}"
+            line = follow.stdout.readline()
+            assert line, f"netk8s logs -f ended ({follow.wait(5)}): {seen}"
+            seen.append(line)
         follow.send_signal(signal.SIGINT)
         assert follow.wait(10) == 0
     finally:
