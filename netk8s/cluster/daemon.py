@@ -22,7 +22,7 @@ from pathlib import Path
 
 from netk8s.api import meta
 from netk8s.api.manifests import load as load_manifests
-from netk8s.api.resources import NODES
+from netk8s.api.resources import NODES, PODS
 from netk8s.apiserver.registry import Registry, RegistryConfig
 from netk8s.apiserver.server import ApiServer, listen
 from netk8s.client.apply import apply
@@ -36,6 +36,7 @@ from netk8s.cni.hostgw import HostGwAgent
 from netk8s.cni.vxlan import VxlanAgent, VxlanConfig, overlay_mtu, route_external_host
 from netk8s.controllers.loadbalancer import LoadBalancerController
 from netk8s.controllers.manager import ControllerManager
+from netk8s.dns.server import DNS_LABELS, DNS_NAMESPACE, ClusterDns, bootstrap_objects
 from netk8s.emulator.announce import LbAnnouncer
 from netk8s.emulator.network import LINK_MTU, EmulatedNetwork
 from netk8s.errors import NetK8sError
@@ -56,6 +57,7 @@ from netk8s.topology import NetworkingMode, ProxyMode, StoreKind, Topology, load
 log = logging.getLogger("netk8s.daemon")
 
 NODE_READY_TIMEOUT = 90.0
+DNS_READY_TIMEOUT = 30.0
 
 
 class ClusterDaemon:
@@ -133,7 +135,11 @@ class ClusterDaemon:
         if pool is not None:  # the emulated cloud: load balancer IPs, announced by a node like MetalLB L2
             self._run(LoadBalancerController(self.client, pool))
             self._run(LbAnnouncer(self.client, topo.name, topo))
+        # Cluster DNS, as kubeadm installs it: coredns pods behind the kube-dns ClusterIP (.10).
+        self._run(ClusterDns(self.client, topo.name))
+        apply(self.client, load_manifests(bootstrap_objects(topo.dns_service_ip())))
         self._wait_nodes_ready()
+        self._wait_dns_ready()
         for manifest in topo.manifests:  # absolute paths: the loader resolved them against the topology file
             for applied in apply(self.client, load_manifests(manifest)):
                 log.info("manifest: %s", applied.describe())
@@ -171,6 +177,19 @@ class ClusterDaemon:
                 raise NetK8sError(f"nodes not Ready after {NODE_READY_TIMEOUT:.0f}s: "
                                   f"{', '.join(sorted(wanted - ready))}; see {self.state.log_file}")
             time.sleep(0.1)
+
+    def _wait_dns_ready(self) -> None:
+        """Until a coredns pod is Running (its server is then up or about to be); a warning, not a failure,
+        after DNS_READY_TIMEOUT."""
+        assert self.client is not None
+        deadline = time.monotonic() + DNS_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            pods = self.client.list(PODS, DNS_NAMESPACE, ",".join(f"{k}={v}" for k, v in DNS_LABELS.items()))
+            if any(meta.condition_true(p, "Ready") for p in pods["items"]):
+                log.info("cluster DNS is ready")
+                return
+            time.sleep(0.1)
+        log.warning("no coredns pod Ready after %.0fs: pods' DNS lookups fail until one is", DNS_READY_TIMEOUT)
 
     def stop(self) -> None:
         for kubelet in self.kubelets:

@@ -229,6 +229,10 @@ _IMAGES: tuple[BuiltinImage, ...] = (
     BuiltinImage("registry.k8s.io/pause",
                  "sleeps until SIGTERM or SIGINT, then exits 0",
                  entrypoint=("/pause",), programs={"pause": _pause}),
+    BuiltinImage("registry.k8s.io/coredns/coredns",
+                 "the cluster DNS pods' container: sleeps like pause; the cluster daemon answers DNS on port 53 "
+                 "in the pod's network namespace",
+                 entrypoint=("/coredns",), programs={"coredns": _pause}),
     BuiltinImage("nginx",
                  "nginx stand-in: the \"Welcome to nginx!\" page on each TCP containerPort (80 when none), "
                  "access log on stdout in nginx's format",
