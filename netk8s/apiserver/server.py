@@ -93,14 +93,16 @@ def container_log(logs_dir: Path | None, pod: dict, container: str | None, previ
     return path
 
 
-def _read_log(path: Path, tail: int | None, limit: int | None) -> bytes:
+def _read_log(path: Path, tail: int | None, limit: int | None) -> tuple[bytes, int]:
+    """The part of the log to send, and how far the file was read (where following continues)."""
     data = path.read_bytes()
+    size = len(data)
     if tail is not None:
         lines = data.splitlines(keepends=True)
         data = b"".join(lines[-tail:]) if tail > 0 else b""
     if limit is not None:
         data = data[:limit]
-    return data
+    return data, size
 
 
 @dataclass(frozen=True)
@@ -391,14 +393,14 @@ class ApiServer:
         except ValueError:
             raise st.bad_request("tailLines and limitBytes must be integers") from None
         path = container_log(self.logs_dir, pod, q.get("container"), q.get("previous") in ("true", "1"))
-        data = _read_log(path, tail, limit)
+        data, position = _read_log(path, tail, limit)
         if q.get("follow") not in ("true", "1"):
             return web.Response(body=data, content_type="text/plain")
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
         await response.prepare(request)
+        # Follow from where the read ended (not the size now: lines written meanwhile would be lost).
         await response.write(data)
-        position = path.stat().st_size if path.exists() else 0
         key = PODS.storage_key(name, namespace)
         uid = pod["metadata"].get("uid")
         try:

@@ -43,14 +43,16 @@ def test_stopped_node_goes_unknown_and_its_pods_move(cluster: Cluster) -> None:
     stopped = run_cli("--cluster", cluster.name, "node", "stop", "worker")
     assert stopped.code == 0 and stopped.stdout.strip() == "node/worker stopped"
 
+    unreachable = {("node.kubernetes.io/unreachable", "NoSchedule"), ("node.kubernetes.io/unreachable", "NoExecute")}
+
     def unknown() -> dict | None:
+        # The node controller writes the Unknown condition, then (a separate update) the taints.
         node = cluster.get("node", "worker")
         cond = meta.get_condition(node, "Ready")
-        return node if cond and cond["status"] == "Unknown" else None
-    node = cluster.wait_for(unknown, timeout=20, what="worker to turn Ready=Unknown")
+        taints = {(t["key"], t["effect"]) for t in node["spec"].get("taints") or []}
+        return node if cond and cond["status"] == "Unknown" and unreachable <= taints else None
+    node = cluster.wait_for(unknown, timeout=20, what="worker to turn Ready=Unknown and be tainted unreachable")
     assert meta.get_condition(node, "Ready")["reason"] == "NodeStatusUnknown"
-    taints = {(t["key"], t["effect"]) for t in node["spec"].get("taints") or []}
-    assert {("node.kubernetes.io/unreachable", "NoSchedule"), ("node.kubernetes.io/unreachable", "NoExecute")} <= taints
 
     # After the eviction timeout the worker's pods are terminating (its kubelet cannot finish them)
     # and replacements run on worker2, so the Deployment is whole again.

@@ -403,4 +403,4 @@ def test_deleting_pods_leaves_no_sandbox_behind(cluster: Cluster) -> None:
     assert leftovers == []
     etc = Path("/etc/netns")
     assert not etc.exists() or not [d for d in etc.iterdir() if d.name.startswith(f"nk-{cluster.name}-default-")]
-    assert not [w for _, _, w in cluster.state.pids() if w.startswith("sandbox ")]
+    assert not [w for _, _, w in cluster.state.pids() if w.startswith(f"sandbox nk-{cluster.name}-default-")]

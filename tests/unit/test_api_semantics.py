@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -152,6 +153,16 @@ def test_server_side_apply_owns_removes_and_conflicts(api: ApiClient) -> None:
     assert exc.value.code == 400 and "fieldManager" in str(exc.value)
 
 
+def next_within(stream: Iterator[bytes], timeout: float = 10) -> bytes | None:
+    """The stream's next chunk (None at its end), failing after ``timeout`` instead of hanging."""
+    result: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: result.append(next(stream, None)), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert result, f"no chunk within {timeout:g}s"
+    return result[0]
+
+
 def test_log_subresource(tmp_path: Path) -> None:
     store = SQLiteStore()
     server = ApiServer(Registry(store), logs_dir=tmp_path)
@@ -177,16 +188,13 @@ def test_log_subresource(tmp_path: Path) -> None:
         assert "container nope is not valid for pod logger" in str(exc.value)
 
         # follow=true: what is there, then what the container writes, until the pod goes.
-        chunks: list[bytes] = []
         stream = api.stream_text(path, {"follow": "true", "tailLines": 1})
-        chunks.append(next(stream))
-        assert chunks == [b"three\n"]
+        assert next_within(stream) == b"three\n"
         with open(log_file, "a") as log:
             log.write("four\n")
-        chunks.append(next(stream))
-        assert chunks[-1] == b"four\n"
+        assert next_within(stream) == b"four\n"
         api.delete(PODS, "logger", "default", grace_period=0)
-        assert list(stream) == []  # the stream ends with the pod
+        assert next_within(stream) is None  # the stream ends with the pod
         with pytest.raises(ApiError) as exc:
             next(api.stream_text(PODS.object_path("nope", "default") + "/log", {"follow": "true"}))
         assert exc.value.code == 404
