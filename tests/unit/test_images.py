@@ -116,8 +116,8 @@ def test_unknown_image_without_command() -> None:
     assert isinstance(info.value, NetK8sError)
     assert str(info.value) == (
         'image "quay.io/acme/web:1.25" is not a netk8s built-in image and the container has no command; '
-        "built-in images: alpine, busybox, debian, netk8s/echo, nginx, registry.k8s.io/e2e-test-images/agnhost, "
-        "registry.k8s.io/pause, ubuntu")
+        "built-in images: alpine, busybox, debian, netk8s/echo, nginx, registry.k8s.io/coredns/coredns, "
+        "registry.k8s.io/e2e-test-images/agnhost, registry.k8s.io/pause, ubuntu")
     assert info.value.image == "quay.io/acme/web:1.25"
     with pytest.raises(ImageNotFound):
         command_for({"image": "acme/tool", "command": []}, CTX)
