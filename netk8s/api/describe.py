@@ -759,6 +759,15 @@ def describe_secret(secret: dict, related: Related, now: _dt.datetime) -> str:
     return w.text()
 
 
+def _ports_table(w: _Writer, level: int, ports: list[dict]) -> None:
+    w.write(level, "Name\tPort\tProtocol\n")
+    w.write(level, "----\t----\t--------\n")
+    for port in ports:
+        number = port.get("port")
+        w.write(level, f"{port.get('name') or '<unset>'}\t{'<unset>' if number is None else number}\t"
+                       f"{port.get('protocol', '')}\n")
+
+
 def describe_endpoints(endpoints: dict, related: Related, now: _dt.datetime) -> str:
     w = _Writer()
     _identity(w, endpoints)
@@ -769,10 +778,7 @@ def describe_endpoints(endpoints: dict, related: Related, now: _dt.datetime) -> 
             w.write(1, f"{title}:\t{listed or '<none>'}\n")
         if subset.get("ports"):
             w.write(1, "Ports:\n")
-            w.write(2, "Name\tPort\tProtocol\n")
-            w.write(2, "----\t----\t--------\n")
-            for port in subset["ports"]:
-                w.write(2, f"{port.get('name') or '<unset>'}\t{port.get('port')}\t{port.get('protocol', '')}\n")
+            _ports_table(w, 2, subset["ports"])
         w.write(0, "\n")
     _events(w, related.events, now)
     return w.text()
@@ -787,12 +793,7 @@ def describe_endpointslice(eps: dict, related: Related, now: _dt.datetime) -> st
         w.write(0, "Ports: <unset>\n")
     else:
         w.write(0, "Ports:\n")
-        w.write(1, "Name\tPort\tProtocol\n")
-        w.write(1, "----\t----\t--------\n")
-        for port in ports:
-            number = port.get("port")
-            w.write(1, f"{port.get('name') or '<unset>'}\t{'<unset>' if number is None else number}\t"
-                       f"{port.get('protocol', '')}\n")
+        _ports_table(w, 1, ports)
     endpoints = eps.get("endpoints") or []
     if not endpoints:
         w.write(0, "Endpoints: <none>\n")
