@@ -36,7 +36,7 @@ from netk8s.cni.hostgw import HostGwAgent
 from netk8s.cni.vxlan import VxlanAgent, VxlanConfig, overlay_mtu, route_external_host
 from netk8s.controllers.loadbalancer import LoadBalancerController
 from netk8s.controllers.manager import ControllerManager
-from netk8s.dns.server import DNS_LABELS, DNS_NAMESPACE, ClusterDns, bootstrap_objects
+from netk8s.dns.server import DNS_NAMESPACE, DNS_SELECTOR, ClusterDns, bootstrap_objects
 from netk8s.emulator.announce import LbAnnouncer
 from netk8s.emulator.network import LINK_MTU, EmulatedNetwork
 from netk8s.errors import NetK8sError
@@ -184,7 +184,7 @@ class ClusterDaemon:
         assert self.client is not None
         deadline = time.monotonic() + DNS_READY_TIMEOUT
         while time.monotonic() < deadline:
-            pods = self.client.list(PODS, DNS_NAMESPACE, ",".join(f"{k}={v}" for k, v in DNS_LABELS.items()))
+            pods = self.client.list(PODS, DNS_NAMESPACE, DNS_SELECTOR)
             if any(meta.condition_true(p, "Ready") for p in pods["items"]):
                 log.info("cluster DNS is ready")
                 return

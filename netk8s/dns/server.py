@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DNS_PORT = 53
 DNS_NAMESPACE = "kube-system"
 DNS_LABELS = {"k8s-app": "kube-dns"}
+DNS_SELECTOR = ",".join(f"{key}={value}" for key, value in DNS_LABELS.items())
 _TCP_IDLE = 10.0  # seconds a TCP client may stay silent
 
 
@@ -73,9 +74,9 @@ def bootstrap_objects(dns_ip: IPv4Address, replicas: int = 2) -> list[dict]:
 class _PodServer:
     """UDP and TCP port 53 in one pod's namespace, served from threads."""
 
-    def __init__(self, netns_name: str, answer: "ClusterDns") -> None:
+    def __init__(self, netns_name: str, dns: "ClusterDns") -> None:
         self.netns_name = netns_name
-        self._dns = answer
+        self._dns = dns
         self._stop = threading.Event()
         self._udp = netns.socket_in(netns_name, socket.AF_INET, socket.SOCK_DGRAM)
         self._tcp = netns.socket_in(netns_name, socket.AF_INET, socket.SOCK_STREAM)
@@ -171,8 +172,7 @@ class ClusterDns(Controller):
     def setup(self) -> None:
         self.services = self.informer(SERVICES)
         self.slices = self.informer(ENDPOINTSLICES)
-        self.pods = self.informer(PODS, namespace=DNS_NAMESPACE,
-                                  label_selector=",".join(f"{k}={v}" for k, v in DNS_LABELS.items()))
+        self.pods = self.informer(PODS, namespace=DNS_NAMESPACE, label_selector=DNS_SELECTOR)
         self.services.add_handler(self._changed)
         self.slices.add_handler(self._changed)
         self.pods.add_handler(self._on_pod)
