@@ -24,7 +24,6 @@ import logging
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -78,6 +77,7 @@ class Tcpdump:
         self.stderr_lines: list[str] = []
         self._proc: subprocess.Popen[str] | None = None
         self._readers: list[threading.Thread] = []
+        self._listening = False
 
     @property
     def pid(self) -> int | None:
@@ -94,30 +94,36 @@ class Tcpdump:
         self._proc = subprocess.Popen(netns.nsenter_argv(self.netns_name, self.argv), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         assert self._proc.stderr is not None
-        # tcpdump prints "listening on ..." once its socket is bound; before that packets are missed.
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._proc.stderr.readline()
-            if not line:  # exited: a refused filter or interface, or no permission
-                self._proc.wait()
-                raise refusal("".join(self.stderr_lines), self.interface, self.bpf_filter, self.where)
-            self.stderr_lines.append(line)
-            if line.startswith(_LISTENING) or f": {_LISTENING}" in line:
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise KernelError(f"tcpdump in {self.where} did not start listening within {timeout:g}s")
-        self._readers = [threading.Thread(target=self._drain, args=(self._proc.stderr, self.stderr_lines.append),
+        # tcpdump prints "listening on ..." once its socket is bound; before that packets are missed. A thread
+        # reads stderr (and keeps draining it); this waits, bounded, for that line or for tcpdump to exit.
+        settled = threading.Event()
+        self._listening = False
+        self._readers = [threading.Thread(target=self._read_stderr, args=(self._proc.stderr, settled),
                                           daemon=True, name="tcpdump-stderr"),
                          threading.Thread(target=self._drain, args=(self._proc.stdout, self._packet_line),
                                           daemon=True, name="tcpdump-stdout")]
         for reader in self._readers:
             reader.start()
+        if not settled.wait(timeout):
+            self.stop()
+            raise KernelError(f"tcpdump in {self.where} did not start listening within {timeout:g}s")
+        if not self._listening:  # exited: a refused filter or interface, or no permission
+            self._proc.wait()
+            self._join_readers()
+            raise refusal("".join(self.stderr_lines), self.interface, self.bpf_filter, self.where)
         log.debug("tcpdump %d listening in %s: %s", self._proc.pid, self.netns_name, " ".join(self.argv))
 
     def _packet_line(self, line: str) -> None:
         if self.on_line is not None and line.strip():
             self.on_line(line.rstrip("\n"))
+
+    def _read_stderr(self, stream: object, settled: threading.Event) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.stderr_lines.append(line)
+            if not self._listening and (line.startswith(_LISTENING) or f": {_LISTENING}" in line):
+                self._listening = True
+                settled.set()
+        settled.set()  # end of stream: tcpdump exited
 
     @staticmethod
     def _drain(stream: object, sink: Callable[[str], None]) -> None:
