@@ -4,6 +4,7 @@ records its tcpdump with the cluster while it runs, and refuses bad input with e
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -58,6 +59,10 @@ def start_cli_capture(cluster: Cluster, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen(cli("--cluster", cluster.name, "capture", *args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], 30)  # bounded: the CLI says so once tcpdump listens
+    if not ready:
+        proc.kill()
+        raise AssertionError("netk8s capture printed nothing within 30s")
     first = proc.stderr.readline()  # "capturing in ...": tcpdump is listening
     assert first.startswith("capturing in "), first + proc.stderr.read()
     return proc
