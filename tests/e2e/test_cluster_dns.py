@@ -79,11 +79,14 @@ def test_headless_and_pod_names(cluster: Cluster) -> None:
 
 
 def test_srv_over_tcp_through_the_cluster_ip(cluster: Cluster) -> None:
-    out = cluster.exec("client", [sys.executable, "-c", TCP_SRV, "_http._tcp.peers.default.svc.cluster.local"],
-                       timeout=30)
-    assert out.returncode == 0, out.stderr
-    rcode, count, *ports = out.stdout.split()
-    assert rcode == "0" and int(count) == 3 and set(ports) == {"8080"}
+    def srv() -> list[str] | None:
+        out = cluster.exec("client", [sys.executable, "-c", TCP_SRV, "_http._tcp.peers.default.svc.cluster.local"],
+                           timeout=30)
+        assert out.returncode == 0, out.stderr
+        words = out.stdout.split()
+        return words if words[:2] == ["0", "3"] else None  # every ready backend is in the EndpointSlice
+    rcode, count, *ports = cluster.wait_for(srv, timeout=20, what="SRV records for the 3 backends")
+    assert set(ports) == {"8080"}
 
 
 def test_unknown_and_outside_names_fail_at_once(cluster: Cluster) -> None:

@@ -77,7 +77,9 @@ def test_the_agent_answers_in_the_pods_namespace_and_follows_the_api(api: ApiCli
     api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                           "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"}, "ports": [{"port": 80}]}},
                "default")
-    answer = wait_for(lambda: udp_ask(ns, "web.default.svc.cluster.local"), timeout=10, what="a UDP answer")
+    # The agent may answer before its informer has seen the new Service (NXDOMAIN): wait for the record.
+    answer = wait_for(lambda: (got := udp_ask(ns, "web.default.svc.cluster.local")) and got[0] == Rcode.NOERROR
+                      and got, timeout=10, what="a UDP answer with the Service's address")
     assert answer == (Rcode.NOERROR, [("web.default.svc.cluster.local", RecordType.A, bytes([10, 96, 0, 20]))])
     assert tcp_ask(ns, ["web.default.svc.cluster.local", "nope.default.svc.cluster.local"]) == [
         answer, (Rcode.NXDOMAIN, [])]
