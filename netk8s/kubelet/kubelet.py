@@ -572,13 +572,16 @@ class Kubelet(Controller):
             except NetK8sError as exc:
                 log.warning("%s: CNI DEL for %s failed: %s", self.name, sandbox.key, exc)
         podfiles.remove_pod_files(sandbox.netns, self.config.etc_netns)
+        deleted = True
         try:
             netns.delete(sandbox.netns)  # for hostNetwork only the pod's name for the node's namespace
         except NetK8sError as exc:
-            log.warning("%s: %s", self.name, exc)
+            deleted = False
+            log.warning("%s: %s (left recorded: the cluster's teardown deletes it)", self.name, exc)
         self.sandboxes.stop_pause(sandbox.pause)
         sandbox.pause = None
-        self.config.state.forget_netns(sandbox.netns)
+        if deleted:  # forgotten only once gone, or nothing would ever remove it
+            self.config.state.forget_netns(sandbox.netns)
         if self.cgroups is not None:
             self.cgroups.remove_pod(sandbox.uid)
 
