@@ -49,3 +49,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
     if skipped:
         terminalreporter.write_line(f"NOTE: kubectl is not installed: {len(skipped)} kubectl tests were not run",
                                     yellow=True, bold=True)
+    # Clusters this run made are named "<prefix><tag>-<n>" (netk8s.testing.plugin): any namespace of theirs
+    # still here was leaked by a teardown. Reported (not deleted, not failed) so that it gets looked into.
+    from netk8s.testing.plugin import unique_cluster_name
+
+    tag = unique_cluster_name("").split("-", 1)[0]
+    run_dir = Path("/run/netns")
+    leaked = sorted(p.name for p in run_dir.iterdir() if p.name.startswith("nk-") and f"{tag}-" in p.name) \
+        if run_dir.is_dir() else []
+    if leaked:
+        terminalreporter.write_line(f"WARNING: {len(leaked)} network namespaces of this run's clusters were left "
+                                    f"behind: {', '.join(leaked[:5])}", red=True, bold=True)
