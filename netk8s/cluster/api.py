@@ -219,13 +219,16 @@ class Cluster:
             ports = build_service_ports([self.get("service", name, namespace)])
             slices = self.list("endpointslices", namespace, f"{SERVICE_NAME_LABEL}={name}")
             for spec in self.topology.nodes:
+                if not ports:
+                    break
                 endpoints = build_endpoints(slices, spec.name)
+                node_rules = self._rules_of(self.node(spec.name))  # read once per node, traced per port
                 for port in ports:
                     chosen = categorize_endpoints(port, endpoints.get(port.service_port_name, ()))
                     want = {ep.address for ep in (chosen.local if port.internal_policy_local else chosen.cluster)}
-                    _, result = self.trace(str(port.cluster_ip), port.port, port.protocol.value,
-                                           source=f"node/{spec.name}")
-                    if set(result.endpoints) != want:
+                    packet = Packet(self.topology.primary_address(spec.name), port.protocol, port.cluster_ip,
+                                    port.port, from_node=True)
+                    if set(self._trace_with(node_rules, packet).endpoints) != want:
                         return False
             return True
 
@@ -259,12 +262,7 @@ class Cluster:
         if kind != "pod" or not name:
             raise UserError(f"target {target!r}: give a pod name, pod/NAME, node/NAME, host/NAME, router/NAME "
                             "or switch/NAME")
-        try:
-            pod = self.get("pod", name, namespace)
-        except ApiError as exc:
-            if exc.code == 404:
-                raise NotFoundError(f'pods "{name}" not found in namespace "{namespace}"') from None
-            raise
+        pod = get_pod(self.client, name, namespace)
         status = pod.get("status") or {}
         if not status.get("podIP") and status.get("phase") != "Running":
             raise UserError(f'pod "{name}" has no network namespace yet (it is {status.get("phase", "Pending")}); '
@@ -283,7 +281,6 @@ class Cluster:
         from netk8s.capture import Capture  # tempfile and scapy only when capturing
 
         netns_name, where = self.netns_of(target, namespace)
-
         return Capture(netns_name, bpf_filter, interface, count, pcap, where,
                        on_start=lambda pid: self.track_process(pid, f"tcpdump in {where}"),
                        on_stop=self.state.forget_pid)
@@ -337,14 +334,23 @@ class Cluster:
         node_name = node or src_node or self._node_owning(dst)
         if node_name is None:
             raise UserError(f"trace: say on which node the packet arrives (--node NODE); {dst} is no node's address")
-        machine = self.node(node_name)
-        local = self._local_addresses(machine)
         packet = Packet(src, proto, dst, port, from_node=from_node)
+        return node_name, self._trace_with(self._rules_of(self.node(node_name)), packet)
+
+    def _rules_of(self, machine: Machine) -> tuple[str, set[ipaddress.IPv4Address]]:
+        """A node's live kube-proxy rules (in the topology's mode) and its local addresses."""
         if self.topology.proxy_mode is ProxyMode.NFTABLES:
             # No table yet (before kube-proxy's first sync): no rules, so nothing is DNATed.
             rules = nft.list_json(machine.netns) or '{"nftables": []}'
-            return node_name, trace_nftables(rules, packet, local)
-        return node_name, trace_iptables(iptables.save(machine.netns), packet, local)
+        else:
+            rules = iptables.save(machine.netns)
+        return rules, self._local_addresses(machine)
+
+    def _trace_with(self, node_rules: tuple[str, set[ipaddress.IPv4Address]], packet: Packet) -> TraceResult:
+        rules, local = node_rules
+        if self.topology.proxy_mode is ProxyMode.NFTABLES:
+            return trace_nftables(rules, packet, local)
+        return trace_iptables(rules, packet, local)
 
     def _node_owning(self, address: ipaddress.IPv4Address) -> str | None:
         for spec in self.topology.nodes:
@@ -385,15 +391,20 @@ class Cluster:
         return Machine(name, node_netns(self.name, name))
 
 
+def get_pod(client: ApiClient, name: str, namespace: str) -> dict:
+    """The pod, or NotFoundError naming it and its namespace."""
+    try:
+        return client.get(PODS, name, namespace)
+    except ApiError as exc:
+        if exc.code == 404:
+            raise NotFoundError(f'pods "{name}" not found in namespace "{namespace}"') from None
+        raise
+
+
 def pod_exec_target(client: ApiClient, cluster: str, pod_name: str, namespace: str) -> tuple[list[str], dict[str, str]]:
     """The argv prefix that enters a pod (its hostname and network namespace, like a container)
     and the environment a container of the pod sees."""
-    try:
-        pod = client.get(PODS, pod_name, namespace)
-    except ApiError as exc:
-        if exc.code == 404:
-            raise NotFoundError(f'pods "{pod_name}" not found in namespace "{namespace}"') from None
-        raise
+    pod = get_pod(client, pod_name, namespace)
     phase = (pod.get("status") or {}).get("phase", "Pending")
     if phase != "Running":
         raise UserError(f'cannot exec into pod "{pod_name}": it is {phase}, not Running')
