@@ -339,31 +339,8 @@ _VOLUME_SOURCES: tuple[tuple[str, str, tuple[tuple[str, str, Any], ...]], ...] =
 
 
 def qos_class(pod: dict) -> str:
-    """The pod's QoS class (status.qosClass, else computed as Kubernetes does for cpu and memory)."""
-    if (pod.get("status") or {}).get("qosClass"):
-        return str(pod["status"]["qosClass"])
-    containers = list((pod.get("spec") or {}).get("containers") or []) + \
-        list((pod.get("spec") or {}).get("initContainers") or [])
-    requests: dict[str, float] = {}
-    limits: dict[str, float] = {}
-    guaranteed = True
-    for container in containers:
-        resources = container.get("resources") or {}
-        own_limits = {k: _quantity(v) for k, v in (resources.get("limits") or {}).items()
-                      if k in ("cpu", "memory")}
-        own_requests = {k: _quantity(v) for k, v in (resources.get("requests") or {}).items()
-                        if k in ("cpu", "memory") and _quantity(v) != 0}
-        for k, v in own_requests.items():
-            requests[k] = requests.get(k, 0) + v
-        for k, v in own_limits.items():
-            limits[k] = limits.get(k, 0) + v
-        if set(own_limits) != {"cpu", "memory"}:
-            guaranteed = False
-    if not requests and not limits:
-        return "BestEffort"
-    if guaranteed and all(requests.get(k, limits[k]) == limits[k] for k in limits):
-        return "Guaranteed"
-    return "Burstable"
+    """The pod's QoS class: ``status.qosClass``, else computed as the API server does at create."""
+    return str((pod.get("status") or {}).get("qosClass") or meta.qos_class(pod.get("spec") or {}))
 
 
 # -- kinds -------------------------------------------------------------------------------------------------

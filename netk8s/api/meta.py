@@ -191,6 +191,24 @@ def pod_is_ready(pod: dict) -> bool:
     return condition_true(pod, "Ready")
 
 
+def qos_class(spec: dict) -> str:
+    """A pod spec's QoS class, which the API server writes into ``status.qosClass`` at create."""
+    containers = spec.get("containers") or []
+    requests_any = False
+    guaranteed = bool(containers)
+    for c in containers:
+        res = c.get("resources") or {}
+        limits, requests = res.get("limits") or {}, res.get("requests") or {}
+        if limits or requests:
+            requests_any = True
+        for r in ("cpu", "memory"):
+            if r not in limits or requests.get(r, limits.get(r)) != limits.get(r):
+                guaranteed = False
+    if guaranteed:
+        return "Guaranteed"
+    return "Burstable" if requests_any else "BestEffort"
+
+
 def node_is_ready(node: dict) -> bool:
     return condition_true(node, "Ready")
 

@@ -324,7 +324,7 @@ class Registry:
 
     def _prepare_create(self, resource: ResourceType, obj: dict) -> None:
         if resource.kind == "Pod":
-            obj["status"] = {"phase": "Pending", "qosClass": _qos_class(obj.get("spec") or {})}
+            obj["status"] = {"phase": "Pending", "qosClass": meta.qos_class(obj.get("spec") or {})}
             # DefaultTolerationSeconds admission: tolerate not-ready/unreachable nodes for a while.
             spec = obj.get("spec") or {}
             spec["tolerations"] = meta.with_default_tolerations(spec.get("tolerations") or [],
@@ -843,20 +843,3 @@ def _keep_allocated_values(current: dict, new: dict) -> None:
                 old = old_ports.get((port.get("port"), port.get("protocol", "TCP")))
                 if old:
                     port["nodePort"] = old
-
-
-def _qos_class(spec: dict) -> str:
-    containers = spec.get("containers") or []
-    requests_any = False
-    guaranteed = bool(containers)
-    for c in containers:
-        res = c.get("resources") or {}
-        limits, requests = res.get("limits") or {}, res.get("requests") or {}
-        if limits or requests:
-            requests_any = True
-        for r in ("cpu", "memory"):
-            if r not in limits or requests.get(r, limits.get(r)) != limits.get(r):
-                guaranteed = False
-    if guaranteed:
-        return "Guaranteed"
-    return "Burstable" if requests_any else "BestEffort"
