@@ -374,12 +374,10 @@ def _related(client, obj: dict):  # type: ignore[no-untyped-def]
 
     kind, namespace, name = obj.get("kind"), meta.namespace_of(obj) or None, meta.name_of(obj)
     related = Related()
+    # As kubectl does: the server picks the object's events (by uid), not a client-side scan of them all.
     uid = (obj.get("metadata") or {}).get("uid")
-    for event in client.list(EVENTS, namespace)["items"]:
-        involved = event.get("involvedObject") or {}
-        if involved.get("uid") == uid if involved.get("uid") else \
-                (involved.get("kind"), involved.get("name")) == (kind, name):
-            related.events.append(event)
+    wanted = f"involvedObject.uid={uid}" if uid else f"involvedObject.kind={kind},involvedObject.name={name}"
+    related.events = client.list(EVENTS, namespace, field_selector=wanted)["items"]
     if kind == "Service":
         with ignore_not_found():
             related.endpoints = client.get(ENDPOINTS, name, namespace)
